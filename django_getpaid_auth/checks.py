@@ -1,0 +1,198 @@
+"""System checks (``manage.py check``) for GETPAID_AUTH.
+
+Ids are stable: E001 no key, E002 malformed key, E003 environments, E004 cache alias,
+E005 token URL, E006 tenant key field, W001 process-local cache; database-tagged
+(``check --database default``): E010 malformed stored scope, W010 unknown scope,
+E011 stored environment not configured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from .conf import SETTING_NAME, getpaid_settings
+from .crypto import configured_keys, key_problems
+from .scopes import malformed_scopes, split_scopes, unknown_scopes
+
+PROCESS_LOCAL_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+
+
+def _is_http_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+@register(Tags.security)
+def check_encryption_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    keys = configured_keys()
+    if not keys:
+        return [
+            Error(
+                f'No encryption key: {SETTING_NAME}["ENCRYPTION_KEYS"] is empty.',
+                hint=(
+                    'Generate a key with `python -c "from cryptography.fernet import Fernet; '
+                    'print(Fernet.generate_key().decode())"` and add it. There is no fallback '
+                    "to SECRET_KEY, by design."
+                ),
+                id="django_getpaid_auth.E001",
+            )
+        ]
+    return [
+        Error(
+            problem,
+            hint="Replace it with a key from Fernet.generate_key().",
+            id="django_getpaid_auth.E002",
+        )
+        for problem in key_problems(keys)
+    ]
+
+
+@register()
+def check_environments(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    configured = getpaid_settings.ENVIRONMENTS
+    if not isinstance(configured, dict) or not configured:
+        return [
+            Error(
+                f'{SETTING_NAME}["ENVIRONMENTS"] must be a dict with "live" and/or "sandbox".',
+                id="django_getpaid_auth.E003",
+            )
+        ]
+    for name, values in getpaid_settings.environments.items():
+        if name not in ("live", "sandbox"):
+            errors.append(
+                Error(
+                    f'Unknown environment {name!r} in {SETTING_NAME}["ENVIRONMENTS"].',
+                    hint='getpaid has two environments: "live" and "sandbox".',
+                    id="django_getpaid_auth.E003",
+                )
+            )
+            continue
+        for key in ("AUDIENCE", "API_URL"):
+            if not _is_http_url(values.get(key)):
+                errors.append(
+                    Error(
+                        f'{SETTING_NAME}["ENVIRONMENTS"]["{name}"]["{key}"] must be an http(s) '
+                        "URL.",
+                        id="django_getpaid_auth.E003",
+                    )
+                )
+    if not _is_http_url(getpaid_settings.TOKEN_URL):
+        errors.append(
+            Error(
+                f'{SETTING_NAME}["TOKEN_URL"] must be an http(s) URL.',
+                id="django_getpaid_auth.E005",
+            )
+        )
+    return errors
+
+
+@register(Tags.caches)
+def check_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    alias = getpaid_settings.CACHE_ALIAS
+    caches = getattr(settings, "CACHES", {})
+    if alias not in caches:
+        return [
+            Error(
+                f'{SETTING_NAME}["CACHE_ALIAS"] is {alias!r}, which is not in settings.CACHES.',
+                hint=f"Use one of: {', '.join(sorted(caches)) or '(none configured)'}.",
+                id="django_getpaid_auth.E004",
+            )
+        ]
+    backend = caches[alias].get("BACKEND", "")
+    if backend in PROCESS_LOCAL_CACHES:
+        return [
+            Warning(
+                f"Cache {alias!r} ({backend.rsplit('.', 1)[-1]}) is local to one process: every "
+                "worker process will request its own getpaid tokens.",
+                hint="Use Redis or Memcached in production so all workers share one token.",
+                id="django_getpaid_auth.W001",
+            )
+        ]
+    return []
+
+
+@register()
+def check_tenant_key_field(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import FieldDoesNotExist
+
+    from .models import get_tenant_model
+
+    try:
+        model = get_tenant_model()
+    except (LookupError, ValueError) as exc:
+        return [Error(f"GETPAID_AUTH_TENANT_MODEL: {exc}", id="django_getpaid_auth.E006")]
+    name = getpaid_settings.TENANT_KEY_FIELD
+    try:
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        return [
+            Error(
+                f'{SETTING_NAME}["TENANT_KEY_FIELD"] is {name!r}, which {model._meta.label} lacks.',
+                hint="Name a unique field of the tenant model (for example slug).",
+                id="django_getpaid_auth.E006",
+            )
+        ]
+    if not (getattr(field, "unique", False) or getattr(field, "primary_key", False)):
+        return [
+            Error(
+                f"{model._meta.label}.{name} (TENANT_KEY_FIELD) is not unique.",
+                hint="get_session(key) must find exactly one tenant; use a unique field.",
+                id="django_getpaid_auth.E006",
+            )
+        ]
+    return []
+
+
+@register(Tags.database)
+def check_stored_credentials(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Runs only with ``check --database``: validates stored scopes and environments."""
+    if not databases:
+        return []
+    from .models import ClientCredential
+
+    messages: list[CheckMessage] = []
+    environments = getpaid_settings.environments
+    for database in databases:
+        rows = ClientCredential.objects.using(database).values_list("pk", "environment", "scopes")
+        for pk, environment, scopes in rows:
+            scope_list = split_scopes(scopes)
+            bad = malformed_scopes(scope_list)
+            if bad:
+                messages.append(
+                    Error(
+                        f"ClientCredential pk={pk} has malformed scope(s): {', '.join(bad)}.",
+                        hint="Scopes look like resource:read or resource:read_write.",
+                        id="django_getpaid_auth.E010",
+                    )
+                )
+            unknown = unknown_scopes(scope_list)
+            if unknown:
+                messages.append(
+                    Warning(
+                        f"ClientCredential pk={pk} requests scope(s) getpaid does not list: "
+                        f"{', '.join(unknown)}.",
+                        hint="Allowed, but check the spelling against getpaid's scope list.",
+                        id="django_getpaid_auth.W010",
+                    )
+                )
+            if environment not in environments:
+                messages.append(
+                    Error(
+                        f"ClientCredential pk={pk} uses environment {environment!r}, which "
+                        f'{SETTING_NAME}["ENVIRONMENTS"] does not define.',
+                        id="django_getpaid_auth.E011",
+                    )
+                )
+    return messages

@@ -1,0 +1,227 @@
+"""tenant -> credential: find a tenant's active credential, with zero SQL when warm.
+
+Each process keeps a small snapshot of every credential it has used. A generation
+counter in the shared cache, bumped whenever any credential is saved or deleted, tells
+every process (not just the one that saved) when its snapshots are out of date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models
+
+from . import cache_backend
+from .conf import getpaid_settings, on_settings_reset
+from .exceptions import (
+    AmbiguousEnvironmentError,
+    CredentialNotFoundError,
+    TenantNotFoundError,
+    UnknownEnvironmentError,
+)
+
+logger = logging.getLogger("django_getpaid_auth")
+
+TenantRef = Any  # a tenant model instance or its key string
+
+
+@dataclass(frozen=True)
+class CredentialSnapshot:
+    """What the token layer needs from a ClientCredential; the secret stays encrypted."""
+
+    pk: int
+    tenant_id: Any
+    tenant_label: str
+    environment: str
+    client_id: str
+    secret_ciphertext: str = field(repr=False)
+    scopes: tuple[str, ...]
+    audience: str
+    api_url: str
+    secret_version: str
+    generation: int
+
+    @property
+    def cache_id(self) -> str:
+        """Changes whenever anything that shapes the token changes (secret included)."""
+        identity = "\x1f".join(
+            [
+                str(self.pk),
+                self.client_id,
+                self.environment,
+                self.audience,
+                " ".join(self.scopes),
+                self.secret_version,
+                getpaid_settings.TOKEN_URL,
+            ]
+        )
+        return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    def client_secret(self) -> str:
+        from . import crypto
+
+        return crypto.decrypt(self.secret_ciphertext)
+
+
+def snapshot_of(credential: Any, generation: int) -> CredentialSnapshot:
+    environments = getpaid_settings.environments
+    if credential.environment not in environments:
+        raise UnknownEnvironmentError(
+            f"{credential!r} uses environment {credential.environment!r}, which "
+            'GETPAID_AUTH["ENVIRONMENTS"] does not define.'
+        )
+    env = environments[credential.environment]
+    tenant = credential.tenant if type(credential).tenant.is_cached(credential) else None
+    return CredentialSnapshot(
+        pk=credential.pk,
+        tenant_id=credential.tenant_id,
+        tenant_label=str(tenant) if tenant is not None else str(credential.tenant_id),
+        environment=credential.environment,
+        client_id=credential.client_id,
+        secret_ciphertext=str(credential.__dict__.get("client_secret") or ""),
+        scopes=tuple(credential.scope_list),
+        audience=env["AUDIENCE"],
+        api_url=env["API_URL"].rstrip("/"),
+        secret_version=credential.secret_version,
+        generation=generation,
+    )
+
+
+# --- generation counter shared through the cache -------------------------------------
+
+
+def generation_key() -> str:
+    return cache_backend.key("credgen")
+
+
+def read_generation() -> int:
+    value = cache_backend.get(generation_key())
+    return int(value) if isinstance(value, int) else 0
+
+
+def bump_generation() -> None:
+    key = generation_key()
+    if not cache_backend.incr(key):
+        cache_backend.set(key, 1, timeout=None)
+
+
+# --- process-local snapshots ---------------------------------------------------------
+
+_lock = threading.Lock()
+_snapshots: dict[tuple[Any, ...], CredentialSnapshot] = {}
+
+
+@on_settings_reset
+def clear_local_snapshots() -> None:
+    with _lock:
+        _snapshots.clear()
+
+
+def lookup_key(tenant: TenantRef, environment: str | None) -> tuple[Any, ...]:
+    if isinstance(tenant, models.Model):
+        return ("pk", tenant.pk, environment)
+    if isinstance(tenant, str):
+        return ("key", tenant, environment)
+    raise TypeError(
+        f"get_session/get_token take a tenant instance or its "
+        f"{getpaid_settings.TENANT_KEY_FIELD} string, not {type(tenant).__name__}."
+    )
+
+
+def cached_snapshot(tenant: TenantRef, environment: str | None) -> CredentialSnapshot | None:
+    """The snapshot this process already has, without any I/O."""
+    return _snapshots.get(lookup_key(tenant, environment))
+
+
+def resolve(
+    tenant: TenantRef, environment: str | None = None, *, generation: int | None = None
+) -> CredentialSnapshot:
+    """The tenant's active credential for ``environment``; SQL only when not warm.
+
+    ``generation`` is the shared counter if the caller has already read it.
+    """
+    key = lookup_key(tenant, environment)
+    if generation is None:
+        generation = read_generation()
+    snapshot = _snapshots.get(key)
+    if snapshot is not None and snapshot.generation == generation:
+        return snapshot
+    snapshot = _load(tenant, environment, generation)
+    with _lock:
+        _snapshots[key] = snapshot
+    return snapshot
+
+
+def _tenant_filter(tenant: TenantRef) -> dict[str, Any]:
+    if isinstance(tenant, models.Model):
+        return {"tenant_id": tenant.pk}
+    return {f"tenant__{getpaid_settings.TENANT_KEY_FIELD}": tenant}
+
+
+def _describe(tenant: TenantRef) -> str:
+    if isinstance(tenant, models.Model):
+        return f"{tenant} (pk={tenant.pk})"
+    return repr(tenant)
+
+
+def _load(tenant: TenantRef, environment: str | None, generation: int) -> CredentialSnapshot:
+    from .models import ClientCredential, get_tenant_model
+
+    if environment is not None and environment not in getpaid_settings.environments:
+        raise UnknownEnvironmentError(
+            f"Unknown getpaid environment {environment!r}; configured: "
+            f"{', '.join(sorted(getpaid_settings.environments))}."
+        )
+    rows = list(
+        ClientCredential.objects.select_related("tenant").filter(
+            is_active=True, **_tenant_filter(tenant)
+        )
+    )
+    if not rows:
+        tenant_model = get_tenant_model()
+        if (
+            isinstance(tenant, str)
+            and not tenant_model._default_manager.filter(
+                **{getpaid_settings.TENANT_KEY_FIELD: tenant}
+            ).exists()
+        ):
+            raise TenantNotFoundError(
+                f"No {tenant_model._meta.verbose_name} with "
+                f"{getpaid_settings.TENANT_KEY_FIELD}={tenant!r}."
+            )
+        raise CredentialNotFoundError(
+            f"Tenant {_describe(tenant)} has no active getpaid credential. "
+            "Add one in the admin (getpaid client credentials)."
+        )
+    available = sorted(row.environment for row in rows)
+    if environment is None:
+        if len(rows) > 1:
+            raise AmbiguousEnvironmentError(
+                f"Tenant {_describe(tenant)} has active credentials for "
+                f"{' and '.join(available)}; pass environment= one of them."
+            )
+        return snapshot_of(rows[0], generation)
+    for row in rows:
+        if row.environment == environment:
+            return snapshot_of(row, generation)
+    raise CredentialNotFoundError(
+        f"Tenant {_describe(tenant)} has no active {environment} credential "
+        f"(active: {', '.join(available)})."
+    )
+
+
+def credential_changed(credential: Any) -> None:
+    """After save/delete: forget its token and failure memory, and reload everywhere."""
+    from . import token_store
+
+    bump_generation()
+    clear_local_snapshots()
+    try:
+        snapshot = snapshot_of(credential, generation=0)
+    except Exception:  # unknown environment etc.: nothing cached under it anyway
+        return
+    token_store.forget(snapshot)

@@ -1,0 +1,352 @@
+"""credential -> token: the token cache and its single flight.
+
+* Tokens live in the shared cache, encrypted, under a key derived from the credential's
+  identity and version; the cache timeout is the token's lifetime less the clock skew.
+* Fresh token: served. In its refresh window (``refresh_margin`` before expiry): one
+  caller refreshes it, the others keep using it without waiting; if the refresh fails, the
+  old token is served until it really expires.
+* No usable token: exactly one request is made. Threads of one process share one
+  in-flight fetch; processes share a short lease taken with ``cache.add`` (it expires if
+  its holder dies) and the others poll the cache until the token appears.
+* After a 429 or a credentials/configuration error the failure is remembered in the cache,
+  and callers fail fast with the same error until the wait is over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Any
+
+from . import cache_backend, clock, crypto
+from .conf import getpaid_settings, on_settings_reset
+from .credentials import CredentialSnapshot
+from .exceptions import (
+    RateLimitedError,
+    TokenRequestError,
+    TokenWaitTimeoutError,
+)
+from .signals import token_obtained, token_request_failed
+from .tokens import AccessToken, from_timestamp
+
+logger = logging.getLogger("django_getpaid_auth.token_store")
+
+POLL_INTERVAL = 0.02
+POLL_INTERVAL_MAX = 0.2
+REFRESH_FAILURE_PAUSE = 5.0  # after a failed background refresh, others wait this long
+
+# --- keys ----------------------------------------------------------------------------
+
+
+def token_key(snapshot: CredentialSnapshot) -> str:
+    return cache_backend.key(f"token:{snapshot.cache_id}")
+
+
+def lease_key(snapshot: CredentialSnapshot) -> str:
+    return cache_backend.key(f"lease:{snapshot.cache_id}")
+
+
+def failure_key(snapshot: CredentialSnapshot) -> str:
+    return cache_backend.key(f"failure:{snapshot.cache_id}")
+
+
+def refresh_pause_key(snapshot: CredentialSnapshot) -> str:
+    return cache_backend.key(f"refresh-pause:{snapshot.cache_id}")
+
+
+# --- cache entries -------------------------------------------------------------------
+# An entry is a dict: {"ct": Fernet ciphertext of the token payload, "exp": epoch,
+# "refresh": epoch}. Expiry data stays readable so staleness needs no decryption.
+
+_decrypted: OrderedDict[str, AccessToken] = OrderedDict()
+_decrypted_lock = threading.Lock()
+MAX_DECRYPTED = 20_000
+
+
+@on_settings_reset
+def _clear_decrypted() -> None:
+    with _decrypted_lock:
+        _decrypted.clear()
+
+
+def make_entry(token: AccessToken) -> dict[str, Any]:
+    expires = token.expires_at.timestamp()
+    margin = getpaid_settings.refresh_margin(token.lifetime)
+    skew = float(getpaid_settings.CLOCK_SKEW)
+    ciphertext = crypto.encrypt(json.dumps(token.to_payload()))
+    with _decrypted_lock:
+        _decrypted[ciphertext] = token
+    return {"ct": ciphertext, "exp": expires, "refresh": expires - margin - skew}
+
+
+def token_of(entry: dict[str, Any]) -> AccessToken | None:
+    ciphertext = entry.get("ct")
+    if not isinstance(ciphertext, str):
+        return None
+    token = _decrypted.get(ciphertext)
+    if token is not None:
+        return token
+    try:
+        token = AccessToken.from_payload(json.loads(crypto.decrypt(ciphertext)))
+    except (crypto.InvalidToken, ValueError, KeyError, TypeError):
+        logger.warning("Ignoring a cached token that cannot be decrypted (keys changed?).")
+        return None
+    with _decrypted_lock:
+        _decrypted[ciphertext] = token
+        while len(_decrypted) > MAX_DECRYPTED:
+            _decrypted.popitem(last=False)
+    return token
+
+
+def usable_until(entry: dict[str, Any]) -> float:
+    """After this moment the token is never handed out (it could expire in flight)."""
+    return float(entry["exp"]) - float(getpaid_settings.CLOCK_SKEW)
+
+
+def is_entry(value: Any) -> bool:
+    return isinstance(value, dict) and {"ct", "exp", "refresh"} <= value.keys()
+
+
+def store(snapshot: CredentialSnapshot, token: AccessToken) -> dict[str, Any]:
+    entry = make_entry(token)
+    timeout = max(1.0, usable_until(entry) - clock.now())
+    cache_backend.set(token_key(snapshot), entry, timeout=timeout)
+    return entry
+
+
+# --- public operations -----------------------------------------------------------------
+
+
+UNSET: Any = object()
+
+
+def get(
+    snapshot: CredentialSnapshot, *, force_refresh: bool = False, cached: Any = UNSET
+) -> AccessToken:
+    """A usable token for ``snapshot``. ``cached`` is the cache value if already read."""
+    if force_refresh:
+        return _obtain(snapshot, force=True)
+    entry = cached if cached is not UNSET else cache_backend.get(token_key(snapshot))
+    now = clock.now()
+    if is_entry(entry) and now < usable_until(entry):
+        token = token_of(entry)
+        if token is not None:
+            if now >= float(entry["refresh"]):
+                return _refresh_or_keep(snapshot, token)
+            return token
+    return _obtain(snapshot)
+
+
+def forget(snapshot: CredentialSnapshot) -> None:
+    """Drop the cached token and the failure memory of ``snapshot``."""
+    cache_backend.delete_many(
+        [token_key(snapshot), failure_key(snapshot), refresh_pause_key(snapshot)]
+    )
+
+
+def forget_if_current(snapshot: CredentialSnapshot, token: AccessToken) -> bool:
+    """Drop the cached token only if it is still ``token`` (another caller may have renewed)."""
+    entry = cache_backend.get(token_key(snapshot))
+    if is_entry(entry):
+        current = token_of(entry)
+        if current is not None and current.value != token.value:
+            return False
+    cache_backend.delete(token_key(snapshot))
+    return True
+
+
+def cached_entries(snapshots: list[CredentialSnapshot]) -> dict[int, dict[str, Any]]:
+    """Cache entries (expiry only, no token) for many credentials in one ``get_many``."""
+    keys = {token_key(s): s.pk for s in snapshots}
+    found = cache_backend.get_many(keys)
+    return {
+        keys[k]: {"exp": v["exp"], "refresh": v["refresh"]} for k, v in found.items() if is_entry(v)
+    }
+
+
+# --- failure memory --------------------------------------------------------------------
+
+
+def remembered_failure(snapshot: CredentialSnapshot) -> TokenRequestError | None:
+    data = cache_backend.get(failure_key(snapshot))
+    if not isinstance(data, dict) or data.get("until", 0) <= clock.now():
+        return None
+    error = TokenRequestError.from_dict(data["error"])
+    if isinstance(error, RateLimitedError):
+        error.retry_after = max(0.0, data["until"] - clock.now())
+    return error
+
+
+def _remember(snapshot: CredentialSnapshot, error: TokenRequestError) -> None:
+    if isinstance(error, RateLimitedError):
+        wait = error.retry_after if error.retry_after is not None else 60.0
+    elif error.retryable:
+        return  # 5xx/timeouts: retried, not remembered
+    else:
+        wait = float(getpaid_settings.CONFIG_ERROR_BACKOFF)
+    if wait <= 0:
+        return
+    cache_backend.set(
+        failure_key(snapshot),
+        {"until": clock.now() + wait, "error": error.to_dict()},
+        timeout=wait + 1,
+    )
+
+
+# --- fetching: one at a time -------------------------------------------------------------
+
+_NOTHING = AccessToken(
+    value="",
+    token_type="Bearer",
+    expires_at=from_timestamp(0),
+    scopes=frozenset(),
+    obtained_at=from_timestamp(0),
+)
+_flights: dict[str, Future[AccessToken]] = {}
+_flights_lock = threading.Lock()
+
+
+def _fetch(snapshot: CredentialSnapshot) -> AccessToken:
+    """One token request, with signals and failure memory."""
+    from .token_client import request_token
+
+    started = time.monotonic()
+    try:
+        token = request_token(snapshot)
+    except TokenRequestError as error:
+        _remember(snapshot, error)
+        logger.warning("getpaid token request failed: %s", error)
+        token_request_failed.send(
+            sender=CredentialSnapshot,
+            tenant=snapshot.tenant_label,
+            environment=snapshot.environment,
+            error=error,
+            duration=time.monotonic() - started,
+            credential_id=snapshot.pk,
+        )
+        raise
+    store(snapshot, token)
+    logger.info(
+        "getpaid token obtained for tenant=%s environment=%s expires_at=%s fingerprint=%s",
+        snapshot.tenant_label,
+        snapshot.environment,
+        token.expires_at.isoformat(),
+        token.fingerprint,
+    )
+    token_obtained.send(
+        sender=CredentialSnapshot,
+        tenant=snapshot.tenant_label,
+        environment=snapshot.environment,
+        expires_at=token.expires_at,
+        duration=time.monotonic() - started,
+        credential_id=snapshot.pk,
+    )
+    return token
+
+
+def _release(snapshot: CredentialSnapshot, owner: str) -> None:
+    if cache_backend.get(lease_key(snapshot)) == owner:
+        cache_backend.delete(lease_key(snapshot))
+
+
+def _refresh_or_keep(snapshot: CredentialSnapshot, current: AccessToken) -> AccessToken:
+    """In the refresh window: the lease winner refreshes; everyone else keeps ``current``."""
+    if cache_backend.get(refresh_pause_key(snapshot)) or remembered_failure(snapshot):
+        return current
+    owner = uuid.uuid4().hex
+    if not cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
+        return current
+    try:
+        return _fetch(snapshot)
+    except TokenRequestError as error:
+        logger.warning(
+            "Refreshing the getpaid token failed; the current one (valid until %s) stays in "
+            "use: %s",
+            current.expires_at.isoformat(),
+            error,
+        )
+        cache_backend.set(refresh_pause_key(snapshot), True, timeout=REFRESH_FAILURE_PAUSE)
+        return current
+    finally:
+        _release(snapshot, owner)
+
+
+def _lease_timeout() -> float:
+    return float(getpaid_settings.LEASE_TIMEOUT)
+
+
+def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken:
+    """No usable token: join this process's in-flight fetch, or lead one."""
+    key = token_key(snapshot) + (":force" if force else "")
+    with _flights_lock:
+        flight = _flights.get(key)
+        leader = flight is None
+        if leader:
+            flight = _flights[key] = Future()
+    assert flight is not None
+    if not leader:
+        try:
+            return flight.result(timeout=float(getpaid_settings.WAIT_TIMEOUT))
+        except TimeoutError:
+            raise TokenWaitTimeoutError(
+                "Timed out waiting for another thread's token request.",
+                tenant=snapshot.tenant_label,
+                environment=snapshot.environment,
+            ) from None
+    try:
+        token = _obtain_across_processes(snapshot, force=force)
+    except BaseException as exc:
+        flight.set_exception(exc)
+        raise
+    else:
+        flight.set_result(token)
+        return token
+    finally:
+        with _flights_lock:
+            _flights.pop(key, None)
+
+
+def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> AccessToken:
+    failure = remembered_failure(snapshot)
+    if failure is not None:
+        raise failure
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + float(getpaid_settings.WAIT_TIMEOUT)
+    interval = POLL_INTERVAL
+    entry = cache_backend.get(token_key(snapshot))
+    # A forced refresh must not settle for the token it is replacing.
+    replaced = token_of(entry) if force and is_entry(entry) else None
+    while True:
+        if (
+            is_entry(entry)
+            and clock.now() < usable_until(entry)
+            and not (force and replaced is None)
+        ):
+            token = token_of(entry)
+            if token is not None and (replaced is None or token.value != replaced.value):
+                return token
+        if cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
+            try:
+                return _fetch(snapshot)
+            finally:
+                _release(snapshot, owner)
+        failure = remembered_failure(snapshot)
+        if failure is not None:
+            raise failure
+        if time.monotonic() >= deadline:
+            raise TokenWaitTimeoutError(
+                "Timed out waiting for another process's token request "
+                f"(lease held longer than WAIT_TIMEOUT={getpaid_settings.WAIT_TIMEOUT}s).",
+                tenant=snapshot.tenant_label,
+                environment=snapshot.environment,
+            )
+        time.sleep(interval)
+        interval = min(POLL_INTERVAL_MAX, interval * 1.5)
+        entry = cache_backend.get(token_key(snapshot))
+        if force and replaced is None:
+            replaced = _NOTHING  # no old token: any token a peer fetched meanwhile is new

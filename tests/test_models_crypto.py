@@ -1,0 +1,210 @@
+"""Encrypted credentials: storage, rotation, wrong keys, validation, constraint, no leaks."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import IntegrityError, connection, transaction
+
+from django_getpaid_auth.exceptions import (
+    CredentialDecryptionError,
+    EncryptedFieldLookupError,
+    GetpaidAuthError,
+    MissingEncryptionKeyError,
+)
+from django_getpaid_auth.models import ClientCredential, mask
+from tests.factories import make_credential, make_tenant
+from tests.settings import TEST_KEY_A, TEST_KEY_B
+
+pytestmark = pytest.mark.django_db
+
+
+def raw_secret(pk: int) -> str:
+    table = ClientCredential._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT client_secret FROM {table} WHERE id = %s", [pk])  # noqa: S608
+        return cursor.fetchone()[0]
+
+
+def keys(settings, *values: str) -> None:
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "ENCRYPTION_KEYS": list(values)}
+
+
+def test_database_column_never_holds_the_plaintext(canary):
+    credential = make_credential(client_secret=canary)
+    stored = raw_secret(credential.pk)
+    assert canary not in stored
+    assert stored.startswith("gAAAAA")  # a Fernet token
+    assert ClientCredential.objects.get(pk=credential.pk).client_secret == canary
+
+
+def test_saving_other_fields_keeps_ciphertext_and_version(canary):
+    credential = make_credential(client_secret=canary)
+    loaded = ClientCredential.objects.get(pk=credential.pk)
+    before = (raw_secret(credential.pk), loaded.secret_version)
+    loaded.scopes = "payments:read accounts:read"
+    loaded.save()
+    assert (raw_secret(credential.pk), loaded.secret_version) == before
+
+
+def test_setting_the_same_secret_again_keeps_the_version(canary):
+    credential = make_credential(client_secret=canary)
+    loaded = ClientCredential.objects.get(pk=credential.pk)
+    version = loaded.secret_version
+    loaded.client_secret = canary
+    loaded.save()
+    assert loaded.secret_version == version
+    loaded.client_secret = canary + "-new"
+    loaded.save()
+    assert loaded.secret_version != version
+    assert loaded.secret_changed_at is not None
+
+
+def test_rotation_old_key_then_rotate_then_new_key_alone(settings, canary):
+    keys(settings, TEST_KEY_A)
+    credential = make_credential(client_secret=canary)
+    written_with_a = raw_secret(credential.pk)
+
+    keys(settings, TEST_KEY_B, TEST_KEY_A)
+    assert ClientCredential.objects.get(pk=credential.pk).client_secret == canary
+
+    out = StringIO()
+    call_command("getpaid_rotate_keys", stdout=out)
+    assert "1 credential secret(s) re-encrypted" in out.getvalue()
+    assert raw_secret(credential.pk) != written_with_a
+    assert canary not in out.getvalue()
+
+    keys(settings, TEST_KEY_B)
+    assert ClientCredential.objects.get(pk=credential.pk).client_secret == canary
+
+
+def test_rotation_dry_run_changes_nothing(settings):
+    credential = make_credential()
+    before = raw_secret(credential.pk)
+    keys(settings, TEST_KEY_B, TEST_KEY_A)
+    out = StringIO()
+    call_command("getpaid_rotate_keys", "--dry-run", stdout=out)
+    assert "1 credential secret(s) would be re-encrypted" in out.getvalue()
+    assert raw_secret(credential.pk) == before
+
+
+def test_rotation_refuses_when_a_row_cannot_be_decrypted(settings):
+    good = make_credential()
+    keys(settings, TEST_KEY_B)
+    bad = make_credential()  # written with B only
+    keys(settings, TEST_KEY_A)  # B is gone: `bad` cannot be read
+    before = raw_secret(good.pk)
+    with pytest.raises(CommandError, match=f"pk={bad.pk}") as excinfo:
+        call_command("getpaid_rotate_keys", stdout=StringIO())
+    assert excinfo.value.returncode == 1
+    assert raw_secret(good.pk) == before  # rolled back
+
+
+def test_wrong_key_raises_clear_error_and_row_still_loads(settings, canary):
+    credential = make_credential(client_secret=canary)
+    keys(settings, TEST_KEY_B)
+    loaded = ClientCredential.objects.get(pk=credential.pk)  # loading does not decrypt
+    assert loaded.client_id == credential.client_id
+    with pytest.raises(CredentialDecryptionError) as excinfo:
+        loaded.client_secret  # noqa: B018
+    message = str(excinfo.value)
+    assert f"pk={credential.pk}" in message
+    assert "ENCRYPTION_KEYS" in message
+    assert raw_secret(credential.pk) not in message
+    assert isinstance(excinfo.value, GetpaidAuthError)
+    # other fields can still be changed without losing the stored secret
+    loaded.is_active = False
+    loaded.save()
+    keys(settings, TEST_KEY_A)
+    assert ClientCredential.objects.get(pk=credential.pk).client_secret == canary
+
+
+def test_no_key_configured_is_a_clear_configuration_error(settings):
+    keys(settings)
+    with pytest.raises(MissingEncryptionKeyError, match="ENCRYPTION_KEYS"):
+        make_credential()
+
+
+@pytest.mark.parametrize("lookup", ["client_secret", "client_secret__contains", "client_secret__iexact"])
+def test_lookups_on_the_encrypted_field_are_refused(lookup):
+    make_credential()
+    with pytest.raises(EncryptedFieldLookupError):
+        list(ClientCredential.objects.filter(**{lookup: "x"}))
+
+
+def test_isnull_lookup_is_allowed():
+    make_credential()
+    assert ClientCredential.objects.filter(client_secret__isnull=False).count() == 1
+
+
+def test_one_active_credential_per_tenant_and_environment():
+    tenant = make_tenant()
+    make_credential(tenant, environment="sandbox")
+    make_credential(tenant, environment="live")  # other environment: fine
+    make_credential(tenant, environment="sandbox", is_active=False)  # inactive: fine
+    with pytest.raises(IntegrityError), transaction.atomic():
+        make_credential(tenant, environment="sandbox", client_id="other")
+
+
+def test_constraint_reported_by_validation():
+    tenant = make_tenant()
+    make_credential(tenant)
+    duplicate = ClientCredential(
+        tenant=tenant, environment="sandbox", client_id="x", client_secret="y", scopes=""
+    )
+    with pytest.raises(ValidationError, match="already has an active credential"):
+        duplicate.full_clean()
+
+
+@pytest.mark.parametrize(
+    ("scopes", "valid"),
+    [
+        ("payments:read", True),
+        ("payments:read_write accounts:read", True),
+        ("invoices:read_write", True),  # unknown but well-formed
+        ("payments:write", False),
+        ("payments", False),
+        ("Payments:read", False),
+        ("payments:read extra", False),
+    ],
+)
+def test_scopes_are_validated(scopes, valid):
+    credential = ClientCredential(
+        tenant=make_tenant(), environment="sandbox", client_id="c", client_secret="s", scopes=scopes
+    )
+    if valid:
+        credential.full_clean()
+    else:
+        with pytest.raises(ValidationError, match="Malformed getpaid scope"):
+            credential.full_clean()
+
+
+def test_str_and_repr_never_show_the_secret(canary):
+    credential = make_credential(client_secret=canary, client_id="client-abcdefghijkl")
+    loaded = ClientCredential.objects.get(pk=credential.pk)
+    for text in (str(credential), repr(credential), str(loaded), repr(loaded)):
+        assert canary not in text
+        assert "client-abcdefghijkl" not in text  # client id is masked too
+    assert mask("client-abcdefghijkl") in repr(loaded)
+
+
+def test_dumpdata_exports_ciphertext_and_loaddata_round_trips(canary, tmp_path):
+    credential = make_credential(client_secret=canary)
+    out = StringIO()
+    call_command("dumpdata", "django_getpaid_auth.clientcredential", stdout=out)
+    assert canary not in out.getvalue()
+    fixture = tmp_path / "creds.json"
+    fixture.write_text(out.getvalue())
+    ClientCredential.objects.all().delete()
+    call_command("loaddata", str(fixture), stdout=StringIO())
+    assert ClientCredential.objects.get(pk=credential.pk).client_secret == canary
+
+
+def test_tenant_exposes_its_credentials():
+    tenant = make_tenant()
+    credential = make_credential(tenant)
+    assert list(tenant.getpaid_credentials.all()) == [credential]
