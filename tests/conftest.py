@@ -15,7 +15,10 @@ def _clean_state(settings):
     """Every test starts with an empty cache and no process-local snapshots."""
     from django.core.cache import caches
 
-    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "CACHE_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}"}
+    settings.GETPAID_AUTH = {
+        **settings.GETPAID_AUTH,
+        "CACHE_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
+    }
     credentials.clear_local_snapshots()
     token_store._clear_decrypted()
     cache_backend.clear_fallback()

@@ -23,7 +23,10 @@ def patch(settings, **values) -> None:
 
 def test_good_configuration_is_quiet(settings):
     settings.CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://x"}
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://x",
+        }
     }
     assert ids() == set()
 
@@ -53,13 +56,18 @@ def test_malformed_key_is_an_error_naming_its_position(settings, bad):
 def test_unknown_environment_is_an_error(settings):
     patch(
         settings,
-        ENVIRONMENTS={**settings.GETPAID_AUTH["ENVIRONMENTS"], "staging": {"AUDIENCE": "https://x", "API_URL": "https://x"}},
+        ENVIRONMENTS={
+            **settings.GETPAID_AUTH["ENVIRONMENTS"],
+            "staging": {"AUDIENCE": "https://x", "API_URL": "https://x"},
+        },
     )
     assert "django_getpaid_auth.E003" in ids()
 
 
 def test_environment_without_url_is_an_error(settings):
-    patch(settings, ENVIRONMENTS={"live": {"AUDIENCE": "https://api.getpaid.io", "API_URL": "nope"}})
+    patch(
+        settings, ENVIRONMENTS={"live": {"AUDIENCE": "https://api.getpaid.io", "API_URL": "nope"}}
+    )
     assert "django_getpaid_auth.E003" in ids()
 
 
@@ -77,7 +85,10 @@ def test_missing_cache_alias_is_an_error(settings):
 
 @pytest.mark.parametrize(
     "backend",
-    ["django.core.cache.backends.locmem.LocMemCache", "django.core.cache.backends.dummy.DummyCache"],
+    [
+        "django.core.cache.backends.locmem.LocMemCache",
+        "django.core.cache.backends.dummy.DummyCache",
+    ],
 )
 def test_process_local_cache_is_a_warning(settings, backend):
     settings.SILENCED_SYSTEM_CHECKS = []

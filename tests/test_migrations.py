@@ -40,10 +40,16 @@ def run_project(tmp_path: Path, extra_settings: str, script: str) -> subprocess.
         f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', 'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
         + textwrap.dedent(extra_settings)
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mig_settings", "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "mig_settings",
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+    }
     env.pop("DATABASE_URL", None)
     code = "import django; django.setup()\n" + textwrap.dedent(script)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
 
 
 def test_project_without_tenant_setting_uses_built_in_tenant(tmp_path):

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.django_db
 def raw_secret(pk: int) -> str:
     table = ClientCredential._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT client_secret FROM {table} WHERE id = %s", [pk])  # noqa: S608
+        cursor.execute(f"SELECT client_secret FROM {table} WHERE id = %s", [pk])
         return cursor.fetchone()[0]
 
 
@@ -129,7 +129,9 @@ def test_no_key_configured_is_a_clear_configuration_error(settings):
         make_credential()
 
 
-@pytest.mark.parametrize("lookup", ["client_secret", "client_secret__contains", "client_secret__iexact"])
+@pytest.mark.parametrize(
+    "lookup", ["client_secret", "client_secret__contains", "client_secret__iexact"]
+)
 def test_lookups_on_the_encrypted_field_are_refused(lookup):
     make_credential()
     with pytest.raises(EncryptedFieldLookupError):

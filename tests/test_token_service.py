@@ -8,7 +8,9 @@ import threading
 import pytest
 import requests
 import responses
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from django_getpaid_auth import cache_backend, get_session, get_token, invalidate_token
 from django_getpaid_auth.exceptions import (
@@ -391,7 +393,7 @@ def test_token_is_never_sent_to_a_foreign_host(endpoint, rsps):
     tenant = make_tenant()
     make_credential(tenant)
     rsps.add(responses.GET, "https://evil.example/steal", body="x")
-    with pytest.raises(ForeignHostError, match="evil.example"):
+    with pytest.raises(ForeignHostError, match=r"evil\.example"):
         get_session(tenant).get("https://evil.example/steal")
     with pytest.raises(ForeignHostError):  # the other environment's host is foreign too
         get_session(tenant).get("https://api.getpaid.test/v2/payments/pay_1")
@@ -413,7 +415,7 @@ def test_default_timeout_and_user_agent(endpoint, api):
     make_credential(tenant)
     session = get_session(tenant)
     session.get("/v2/payments/pay_1")
-    call = [c for c in api.calls if "/v2/" in c.request.url][0]
+    call = next(c for c in api.calls if "/v2/" in c.request.url)
     assert call.request.req_kwargs["timeout"] == (5.0, 30.0)
     assert f"django-getpaid-auth/{__version__}" in call.request.headers["User-Agent"]
     assert "Authorization" not in repr(session) and "Bearer" not in repr(session)

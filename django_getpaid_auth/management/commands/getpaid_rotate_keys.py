@@ -8,15 +8,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from django_getpaid_auth import crypto
-from django_getpaid_auth.fields import Ciphertext
 from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError
+from django_getpaid_auth.fields import Ciphertext
 from django_getpaid_auth.models import ClientCredential
 
 
 class Command(BaseCommand):
     help = (
-        'Re-encrypt every stored getpaid client secret with the first GETPAID_AUTH["ENCRYPTION_KEYS"] '
-        "key, in one transaction. Afterwards the older keys can be removed."
+        "Re-encrypt every stored getpaid client secret with the first key of "
+        'GETPAID_AUTH["ENCRYPTION_KEYS"], in one transaction. Then older keys can be removed.'
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
