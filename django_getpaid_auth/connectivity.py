@@ -1,0 +1,129 @@
+"""Connectivity checks shared by ``manage.py getpaid_check`` and the admin action.
+
+A check fetches a token (fresh unless asked otherwise), compares granted with requested
+scopes, optionally probes the API base URL with the token, and can record the outcome on
+the credential (``last_checked_at``/``last_check_ok``/``last_check_error``) without
+touching its secret or invalidating anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import requests
+from django.utils import timezone
+
+from . import credentials, token_store
+from .conf import getpaid_settings
+from .exceptions import GetpaidAuthError
+from .models import ClientCredential, mask
+from .token_client import USER_AGENT
+
+
+@dataclass
+class CheckResult:
+    credential_id: int
+    tenant: str
+    environment: str
+    client_id: str  # masked
+    ok: bool = False
+    latency_ms: float | None = None
+    expires_at: datetime | None = None
+    requested_scopes: list[str] = field(default_factory=list)
+    granted_scopes: list[str] = field(default_factory=list)
+    missing_scopes: list[str] = field(default_factory=list)
+    api_status: int | None = None
+    error: str = ""
+    error_type: str = ""
+    checked_at: datetime = field(default_factory=timezone.now)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "credential_id": self.credential_id,
+            "tenant": self.tenant,
+            "environment": self.environment,
+            "client_id": self.client_id,
+            "ok": self.ok,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "requested_scopes": self.requested_scopes,
+            "granted_scopes": self.granted_scopes,
+            "missing_scopes": self.missing_scopes,
+            "api_status": self.api_status,
+            "error": self.error or None,
+            "error_type": self.error_type or None,
+            "checked_at": self.checked_at.isoformat(),
+        }
+
+
+def check_credential(
+    credential: ClientCredential, *, use_cache: bool = False, probe_api: bool = False
+) -> CheckResult:
+    """Check one credential; never raises for a getpaid/configuration problem."""
+    result = CheckResult(
+        credential_id=credential.pk,
+        tenant=str(credential.tenant),
+        environment=credential.environment,
+        client_id=mask(credential.client_id),
+        requested_scopes=credential.scope_list,
+    )
+    started = time.monotonic()
+    try:
+        snapshot = credentials.snapshot_of(credential, credentials.read_generation())
+        if not use_cache:
+            token_store.forget(snapshot)  # a fresh token, and no remembered failure
+        token = token_store.get(snapshot)
+    except GetpaidAuthError as exc:
+        result.latency_ms = (time.monotonic() - started) * 1000
+        result.error, result.error_type = str(exc), type(exc).__name__
+        return result
+    result.latency_ms = (time.monotonic() - started) * 1000
+    result.expires_at = token.expires_at
+    result.granted_scopes = sorted(token.scopes)
+    result.missing_scopes = [s for s in result.requested_scopes if s not in token.scopes]
+    if result.missing_scopes:
+        result.error = f"getpaid did not grant: {' '.join(result.missing_scopes)}"
+        result.error_type = "MissingScopes"
+        return result
+    if probe_api:
+        try:
+            response = requests.get(
+                snapshot.api_url + "/",
+                headers={"Authorization": token.authorization, "User-Agent": USER_AGENT},
+                timeout=tuple(getpaid_settings.API_TIMEOUT),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            result.error = f"API probe failed: {type(exc).__name__}"
+            result.error_type = "ApiUnreachable"
+            return result
+        result.api_status = response.status_code
+        if response.status_code in (401, 403) or response.status_code >= 500:
+            trace = response.headers.get("Getpaid-Trace-Id", "")
+            result.error = f"API probe answered {response.status_code}" + (
+                f" (trace_id={trace})" if trace else ""
+            )
+            result.error_type = "ApiRejected"
+            return result
+    result.ok = True
+    return result
+
+
+def record_results(results: Iterable[CheckResult]) -> int:
+    """Store outcomes on the credentials (no signals: tokens and snapshots stay valid)."""
+    by_pk = {r.credential_id: r for r in results}
+    rows = list(ClientCredential.objects.filter(pk__in=by_pk).only("pk", "granted_scopes"))
+    for row in rows:
+        result = by_pk[row.pk]
+        row.last_checked_at = result.checked_at
+        row.last_check_ok = result.ok
+        row.last_check_error = result.error[:2000]
+        if result.granted_scopes or result.ok:
+            row.granted_scopes = " ".join(result.granted_scopes)
+    fields = ["last_checked_at", "last_check_ok", "last_check_error", "granted_scopes"]
+    ClientCredential.objects.bulk_update(rows, fields, batch_size=500)
+    return len(rows)
