@@ -185,23 +185,26 @@ def test_force_refresh_and_invalidate(endpoint):
 
 
 def test_token_is_stored_encrypted_in_the_cache(endpoint):
+    import pickle
+
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    from django_getpaid_auth import credentials, token_store
+
     tenant = make_tenant()
     make_credential(tenant)
     token = get_token(tenant)
-    from django.core.cache import caches
-
+    key = token_store.token_key(credentials.resolve(tenant))
     cache = caches["default"]
-    stored = [cache.get(k) for k in _cache_keys(cache)]
-    assert stored, "nothing cached"
-    assert token.value not in repr(stored)
-
-
-def _cache_keys(cache):
-    if hasattr(cache, "_cache"):  # LocMem
-        return [k.split(":", 2)[-1] for k in cache._cache]
-    client = cache._cache.get_client()
-    prefix = cache.make_key("")
-    return [k.decode()[len(prefix) :] for k in client.keys(prefix + "*")]
+    entry = cache.get(key)
+    assert entry is not None
+    if isinstance(cache, LocMemCache):
+        raw = cache._cache[cache.make_and_validate_key(key)]
+    else:  # Redis: the exact bytes stored on the server
+        raw = cache._cache.get_client(key).get(cache.make_and_validate_key(key))
+    assert raw and token.value.encode() not in raw
+    assert token.value not in repr(entry) and token.value.encode() not in pickle.dumps(entry)
 
 
 # --- tenant and environment resolution ------------------------------------------------

@@ -303,6 +303,7 @@ class FakeGetpaid:
         self.fault_timeout_sleep = type(self).fault_timeout_sleep
         self.token_requests: list[dict[str, Any]] = []
         self.api_requests: list[dict[str, Any]] = []
+        self._received: list[str | None] = []
         self._key = secrets.token_bytes(32)
         self._kid = secrets.token_hex(8)
         self._lock = threading.RLock()
@@ -533,6 +534,11 @@ class FakeGetpaid:
                 return len(self.token_requests)
             return sum(1 for r in self.token_requests if r["client_id"] == client_id)
 
+    def token_requests_received(self, client_id: str | None = None) -> int:
+        """Token requests that have arrived, answered or still in progress (e.g. sleeping)."""
+        with self._lock:
+            return sum(1 for c in self._received if client_id is None or c == client_id)
+
     def api_request_count(self, client_id: str | None = None) -> int:
         """Requests to the API (any status), total or per client (the token's ``azp``)."""
         with self._lock:
@@ -545,6 +551,7 @@ class FakeGetpaid:
         with self._lock:
             self.token_requests.clear()
             self.api_requests.clear()
+            self._received.clear()
 
     def _sleep(self, seconds: float) -> None:
         if seconds and seconds > 0:
@@ -562,6 +569,8 @@ class FakeGetpaid:
             "error": None,
             "time": time.time(),
         }
+        with self._lock:
+            self._received.append(entry["client_id"])
         if handler.command != "POST":
             self._log_token(entry, 405, "invalid_request")
             handler._send(
