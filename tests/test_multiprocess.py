@@ -229,7 +229,7 @@ class OwnRedis:
             self.proc.wait(10)
             self.proc = None
 
-    def keys(self) -> list[str]:
+    def stored_keys(self) -> list[str]:
         import redis
 
         return [k.decode() for k in redis.Redis(port=self.port).keys("*")]
@@ -274,7 +274,7 @@ def test_redis_outage_degrades_then_sharing_resumes(own_redis, settings, caplog,
             .status_code
             == 200
         )
-        assert any(":token:" in k for k in own_redis.keys())
+        assert any(":token:" in k for k in own_redis.stored_keys())
         assert fake.token_request_count() == 1
 
         own_redis.stop()
@@ -290,6 +290,6 @@ def test_redis_outage_degrades_then_sharing_resumes(own_redis, settings, caplog,
         own_redis.start()  # empty: the shared token is gone
         time.sleep(0.3)
         token = get_token(tenant)
-        assert any(":token:" in k for k in own_redis.keys())  # sharing resumed
+        assert any(":token:" in k for k in own_redis.stored_keys())  # sharing resumed
         assert get_token(tenant) == token
         assert not cache_backend.is_degraded()
