@@ -19,6 +19,7 @@ from . import cache_backend
 from .conf import getpaid_settings, on_settings_reset
 from .exceptions import (
     AmbiguousEnvironmentError,
+    CredentialDecryptionError,
     CredentialNotFoundError,
     TenantNotFoundError,
     UnknownEnvironmentError,
@@ -62,9 +63,19 @@ class CredentialSnapshot:
         return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
     def client_secret(self) -> str:
+        """Decrypt the secret just before it is sent; never stored in clear."""
         from . import crypto
 
-        return crypto.decrypt(self.secret_ciphertext)
+        try:
+            return crypto.decrypt(self.secret_ciphertext)
+        except crypto.InvalidToken:
+            raise CredentialDecryptionError(
+                f"Cannot decrypt the client secret of ClientCredential pk={self.pk} "
+                f"(tenant={self.tenant_label}, environment={self.environment}): none of the "
+                'configured GETPAID_AUTH["ENCRYPTION_KEYS"] fits. Add the key it was encrypted '
+                "with, or enter the secret again.",
+                credential_id=self.pk,
+            ) from None
 
 
 def snapshot_of(credential: Any, generation: int) -> CredentialSnapshot:

@@ -724,3 +724,15 @@ def test_tenants_never_get_each_others_tokens(twenty_tenants, order, use_key):
             claims = decode_jwt(token.value)[1]
             assert claims["sub"] == f"client-iso-{tenant.slug}@clients"
         assert endpoint.count <= len(set(order))
+
+
+def test_undecryptable_credential_is_a_typed_error_and_no_request(settings, endpoint):
+    from django_getpaid_auth.exceptions import CredentialDecryptionError
+    from tests.settings import TEST_KEY_B
+
+    tenant = make_tenant()
+    credential = make_credential(tenant)
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "ENCRYPTION_KEYS": [TEST_KEY_B]}
+    with pytest.raises(CredentialDecryptionError, match=f"pk={credential.pk}"):
+        get_token(tenant)
+    assert endpoint.count == 0
