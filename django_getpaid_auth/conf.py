@@ -91,8 +91,17 @@ class GetpaidAuthSettings:
         return getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL)
 
     def refresh_margin(self, lifetime: float) -> float:
-        """Seconds before expiry at which a token counts as due for refresh."""
-        return max(float(self.REFRESH_MARGIN), float(self.REFRESH_MARGIN_RATIO) * lifetime)
+        """Seconds before expiry at which a token is due for refresh.
+
+        The larger of REFRESH_MARGIN and REFRESH_MARGIN_RATIO x lifetime, but at most half
+        the lifetime, so a short-lived token is still reused before it is refreshed.
+        """
+        margin = max(float(self.REFRESH_MARGIN), float(self.REFRESH_MARGIN_RATIO) * lifetime)
+        return min(margin, lifetime / 2)
+
+    def clock_skew(self, lifetime: float) -> float:
+        """CLOCK_SKEW, at most a quarter of the lifetime (a token must stay usable a while)."""
+        return min(float(self.CLOCK_SKEW), lifetime / 4)
 
 
 getpaid_settings = GetpaidAuthSettings()

@@ -76,12 +76,18 @@ def _clear_decrypted() -> None:
 
 def make_entry(token: AccessToken) -> dict[str, Any]:
     expires = token.expires_at.timestamp()
-    margin = getpaid_settings.refresh_margin(token.lifetime)
-    skew = float(getpaid_settings.CLOCK_SKEW)
+    lifetime = max(1.0, token.lifetime)
+    margin = getpaid_settings.refresh_margin(lifetime)
+    skew = getpaid_settings.clock_skew(lifetime)
     ciphertext = crypto.encrypt(json.dumps(token.to_payload()))
     with _decrypted_lock:
         _decrypted[ciphertext] = token
-    return {"ct": ciphertext, "exp": expires, "refresh": expires - margin - skew}
+    return {
+        "ct": ciphertext,
+        "exp": expires,
+        "refresh": max(token.obtained_at.timestamp(), expires - margin - skew),
+        "until": expires - skew,
+    }
 
 
 def token_of(entry: dict[str, Any]) -> AccessToken | None:
@@ -105,11 +111,11 @@ def token_of(entry: dict[str, Any]) -> AccessToken | None:
 
 def usable_until(entry: dict[str, Any]) -> float:
     """After this moment the token is never handed out (it could expire in flight)."""
-    return float(entry["exp"]) - float(getpaid_settings.CLOCK_SKEW)
+    return float(entry["until"])
 
 
 def is_entry(value: Any) -> bool:
-    return isinstance(value, dict) and {"ct", "exp", "refresh"} <= value.keys()
+    return isinstance(value, dict) and {"ct", "exp", "refresh", "until"} <= value.keys()
 
 
 def store(snapshot: CredentialSnapshot, token: AccessToken) -> dict[str, Any]:
@@ -165,7 +171,9 @@ def cached_entries(snapshots: list[CredentialSnapshot]) -> dict[int, dict[str, A
     keys = {token_key(s): s.pk for s in snapshots}
     found = cache_backend.get_many(keys)
     return {
-        keys[k]: {"exp": v["exp"], "refresh": v["refresh"]} for k, v in found.items() if is_entry(v)
+        keys[k]: {"exp": v["exp"], "refresh": v["refresh"], "until": v["until"]}
+        for k, v in found.items()
+        if is_entry(v)
     }
 
 

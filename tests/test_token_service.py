@@ -736,3 +736,15 @@ def test_undecryptable_credential_is_a_typed_error_and_no_request(settings, endp
     with pytest.raises(CredentialDecryptionError, match=f"pk={credential.pk}"):
         get_token(tenant)
     assert endpoint.count == 0
+
+
+def test_short_lived_tokens_are_reused_before_refresh(rsps, fake_clock):
+    """A 20 s token: margin capped at half the lifetime, skew at a quarter."""
+    endpoint = TokenEndpoint(rsps, expires_in=20)
+    tenant = make_tenant()
+    make_credential(tenant)
+    first = get_token(tenant)
+    fake_clock.advance(4)
+    assert get_token(tenant) == first and endpoint.count == 1
+    fake_clock.advance(6)  # 10 s: half the lifetime, refresh due
+    assert get_token(tenant) != first and endpoint.count == 2

@@ -300,6 +300,8 @@ class FakeGetpaid:
         self.token_lifetime = token_lifetime
         self.token_latency = token_latency
         self.api_latency = api_latency
+        #: Like Auth0's tenant setting: used when a token request has no audience.
+        self.default_audience: str | None = None
         self.fault_timeout_sleep = type(self).fault_timeout_sleep
         self.token_requests: list[dict[str, Any]] = []
         self.api_requests: list[dict[str, Any]] = []
@@ -660,7 +662,8 @@ class FakeGetpaid:
                     f"Grant type '{grant_type}' not allowed for the client.",
                 ),
             )
-        audience = params.get("audience")
+        # Auth0's tenant "Default Audience" applies when a request names none.
+        audience = params.get("audience") or self.default_audience
         if not audience:
             raise _ReplyError(
                 400, _oauth_error("invalid_request", "Missing required parameter: audience")
