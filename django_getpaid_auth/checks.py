@@ -160,11 +160,16 @@ def check_stored_credentials(
     """Runs only with ``check --database``: validates stored scopes and environments."""
     if not databases:
         return []
+    from django.db import connections
+
     from .models import ClientCredential
 
     messages: list[CheckMessage] = []
     environments = getpaid_settings.environments
+    table = ClientCredential._meta.db_table
     for database in databases:
+        if table not in connections[database].introspection.table_names():
+            continue  # not migrated yet (migrate runs database checks first)
         rows = ClientCredential.objects.using(database).values_list("pk", "environment", "scopes")
         for pk, environment, scopes in rows:
             scope_list = split_scopes(scopes)

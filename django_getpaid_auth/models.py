@@ -159,6 +159,20 @@ class ClientCredential(models.Model):
         self.secret_version = uuid.uuid4().hex
         self.secret_changed_at = timezone.now()
 
+    def refresh_from_db(self, using: Any = None, fields: Any = None, **kwargs: Any) -> None:
+        """Reload without decrypting: an undecryptable secret must not break a reload."""
+        names = [f.attname for f in self._meta.concrete_fields]
+        wanted = list(fields) if fields is not None else names
+        if "client_secret" not in wanted:
+            return super().refresh_from_db(using=using, fields=fields, **kwargs)
+        others = [n for n in wanted if n != "client_secret"]
+        if others:
+            super().refresh_from_db(using=using, fields=others, **kwargs)
+        manager = type(self)._base_manager.using(using or self._state.db)
+        stored = manager.values_list("client_secret", flat=True).get(pk=self.pk)
+        self.__dict__["client_secret"] = self._loaded_secret = stored
+        return None
+
     @classmethod
     def from_db(cls, db: Any, field_names: Any, values: Any) -> ClientCredential:
         instance = super().from_db(db, field_names, values)

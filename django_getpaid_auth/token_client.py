@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import requests
+import requests.adapters
 
 from . import __version__, clock
 from .conf import getpaid_settings
@@ -42,6 +43,9 @@ MAX_DESCRIPTION = 300
 
 _http = requests.Session()
 _http.headers["User-Agent"] = USER_AGENT
+# getpaid_check runs many token requests at once: keep a connection per worker.
+_http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=64))
+_http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
 
 
 def request_token(snapshot: CredentialSnapshot) -> AccessToken:

@@ -210,3 +210,27 @@ def test_tenant_exposes_its_credentials():
     tenant = make_tenant()
     credential = make_credential(tenant)
     assert list(tenant.getpaid_credentials.all()) == [credential]
+
+
+def test_refresh_from_db_of_undecryptable_row_does_not_raise(settings, canary):
+    credential = make_credential(client_secret=canary)
+    keys(settings, TEST_KEY_B)
+    credential.refresh_from_db()
+    assert credential.client_id.startswith("client-")
+    with pytest.raises(CredentialDecryptionError):
+        credential.client_secret  # noqa: B018
+    keys(settings, TEST_KEY_A)
+    credential.refresh_from_db()
+    assert credential.client_secret == canary
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_checks_before_migrate_do_not_crash():
+    from django.core.checks import run_checks
+
+    call_command("migrate", "django_getpaid_auth", "zero", verbosity=0)
+    try:
+        ids = {m.id for m in run_checks(databases=["default"])}
+        assert "django_getpaid_auth.E010" not in ids
+    finally:
+        call_command("migrate", "django_getpaid_auth", verbosity=0)

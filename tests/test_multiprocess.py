@@ -270,7 +270,9 @@ def test_redis_outage_degrades_then_sharing_resumes(own_redis, settings, caplog,
 
         assert (
             get_session(tenant)
-            .post("/v2/payments/query", json={}, headers={"Getpaid-Idempotency-Key": "outage-key-1"})
+            .post(
+                "/v2/payments/query", json={}, headers={"Getpaid-Idempotency-Key": "outage-key-1"}
+            )
             .status_code
             == 200
         )
@@ -281,7 +283,9 @@ def test_redis_outage_degrades_then_sharing_resumes(own_redis, settings, caplog,
         caplog.clear()
         for i in range(5):  # Redis is down: calls keep succeeding
             response = get_session(tenant).post(
-                "/v2/payments/query", json={}, headers={"Getpaid-Idempotency-Key": f"outage-key-down-{i}"}
+                "/v2/payments/query",
+                json={},
+                headers={"Getpaid-Idempotency-Key": f"outage-key-down-{i}"},
             )
             assert response.status_code == 200
         assert "fetching getpaid tokens per process" in caplog.text
