@@ -1,0 +1,708 @@
+"""Admin for getpaid client credentials (and the built-in tenant model).
+
+What the admin must never do: show a client secret or a token, in a page, its HTML, a
+form error or the history. The secret is write-only (see ``forms.py``); tokens are only
+described by their expiry. The list reads every row's cached token state in one cache
+round trip per page, and a credential whose secret cannot be decrypted still lists,
+opens and reports the problem instead of failing with a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from django.utils import formats, timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import override as translation_override
+
+from . import cache_backend, clock, connectivity, credentials, crypto, token_store
+from .conf import getpaid_settings
+from .exceptions import GetpaidAuthError, TokenRequestError
+from .fields import Ciphertext
+from .forms import (
+    SECRET_FIELD,
+    SECRET_LOG_LABEL,
+    ClientCredentialForm,
+    ClientCredentialInlineFormSet,
+    InlineClientCredentialForm,
+)
+from .models import ClientCredential, Tenant, get_tenant_model, mask
+from .scopes import KNOWN_SCOPES, split_scopes
+from .tokens import from_timestamp
+
+logger = logging.getLogger("django_getpaid_auth.admin")
+
+BADGE = (
+    "display:inline-block;padding:1px 6px;border-radius:3px;font-weight:bold;white-space:nowrap;"
+)
+RED_BADGE = BADGE + "background:#ba2121;color:#fff;"
+GREEN_BADGE = BADGE + "background:#417505;color:#fff;"
+GREY_BADGE = BADGE + "background:#999;color:#fff;font-weight:normal;"
+ORANGE_BADGE = BADGE + "background:#c86400;color:#fff;"
+
+
+# --- secret and token state, computed without I/O per row ------------------------------
+
+
+def secret_problem(credential: ClientCredential) -> str:
+    """Why the stored secret is unusable ("" when it decrypts).
+
+    Decrypts the raw ciphertext and discards the plaintext: CPU only, no I/O, so the
+    list can flag undecryptable rows without a token request or a query.
+    """
+    stored = credential.__dict__.get("client_secret")
+    if stored is None or stored == "":
+        return str(_("no secret stored"))
+    if not isinstance(stored, Ciphertext):  # a new plaintext, not saved yet
+        return ""
+    try:
+        crypto.decrypt(str(stored))
+    except crypto.InvalidToken:
+        return str(_("cannot decrypt: check ENCRYPTION_KEYS"))
+    except GetpaidAuthError as exc:  # no key / malformed key configured
+        return str(exc)
+    except (ValueError, TypeError):
+        return str(_("cannot decrypt: check ENCRYPTION_KEYS"))
+    return ""
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """What the admin shows about a credential's cached token (never the token)."""
+
+    kind: str  # "none", "valid", "expired", "error"
+    expires_at: datetime | None = None
+    remaining: float | None = None
+    refresh_due: bool = False
+    error: str = ""
+    last_error: str = ""
+
+
+def token_states(rows: list[ClientCredential]) -> dict[Any, TokenState]:
+    """Token state of every row, with ONE cache ``get_many`` for all of them.
+
+    Reads the token entries (expiry only, nothing decrypted) and the failure memory
+    (the last token error, still in its back-off window) together.
+    """
+    states: dict[Any, TokenState] = {}
+    keys: dict[str, tuple[Any, str]] = {}
+    for row in rows:
+        problem = secret_problem(row)
+        if problem:
+            states[row.pk] = TokenState("error", error=problem)
+            continue
+        try:
+            snapshot = credentials.snapshot_of(row, 0)
+        except GetpaidAuthError as exc:
+            states[row.pk] = TokenState("error", error=str(exc))
+            continue
+        keys[token_store.token_key(snapshot)] = (row.pk, "token")
+        keys[token_store.failure_key(snapshot)] = (row.pk, "failure")
+    found = cache_backend.get_many(list(keys)) if keys else {}
+    now = clock.now()
+    entries: dict[Any, dict[str, Any]] = {}
+    failures: dict[Any, str] = {}
+    for key, value in found.items():
+        pk, kind = keys[key]
+        if kind == "token" and token_store.is_entry(value):
+            entries[pk] = value
+        elif kind == "failure" and isinstance(value, dict) and value.get("until", 0) > now:
+            try:
+                failures[pk] = str(TokenRequestError.from_dict(value["error"]))
+            except (KeyError, TypeError):
+                failures[pk] = str(_("token request failed"))
+    for pk, _kind in keys.values():
+        if pk in states:
+            continue
+        entry = entries.get(pk)
+        last_error = failures.get(pk, "")
+        if entry is None:
+            states[pk] = TokenState("none", last_error=last_error)
+            continue
+        expires = float(entry["exp"])
+        if now >= token_store.usable_until(entry):
+            states[pk] = TokenState("expired", expires_at=from_timestamp(expires))
+            continue
+        states[pk] = TokenState(
+            "valid",
+            expires_at=from_timestamp(expires),
+            remaining=expires - now,
+            refresh_due=now >= float(entry["refresh"]),
+            last_error=last_error,
+        )
+    return states
+
+
+def format_remaining(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` from one hour on)."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{minutes:02d}:{secs:02d}"
+
+
+def format_moment(moment: datetime) -> str:
+    """Exact local time with seconds and zone, for hover titles."""
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def render_token_state(state: TokenState) -> SafeString:
+    if state.kind == "error":
+        return format_html(
+            '<span style="{}" title="{}">{}</span>', RED_BADGE, state.error, _short(state.error)
+        )
+    if state.kind == "expired":
+        assert state.expires_at is not None
+        return format_html(
+            '<span style="{}" title="{}">{}</span>',
+            GREY_BADGE,
+            gettext("Expired at %(when)s") % {"when": format_moment(state.expires_at)},
+            gettext("expired"),
+        )
+    if state.kind == "valid":
+        assert state.expires_at is not None and state.remaining is not None
+        label = gettext("expires in %(remaining)s") % {
+            "remaining": format_remaining(state.remaining)
+        }
+        if state.refresh_due:
+            label = gettext("%(label)s (refresh due)") % {"label": label}
+        return format_html(
+            '<span style="{}" title="{}">{}</span>',
+            ORANGE_BADGE if state.refresh_due else GREEN_BADGE,
+            gettext("Expires at %(when)s") % {"when": format_moment(state.expires_at)},
+            label,
+        )
+    if state.last_error:
+        return format_html(
+            '<span style="{}" title="{}">{}</span>',
+            RED_BADGE,
+            state.last_error,
+            gettext("last error: %(error)s") % {"error": _short(state.last_error, 60)},
+        )
+    return format_html('<span style="color:#999">{}</span>', gettext("no token"))
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- list filter ------------------------------------------------------------------------
+
+
+class HealthFilter(admin.SimpleListFilter):
+    """Result of the last connection test: passed, failed or never run."""
+
+    title = _("health")
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [
+            ("healthy", _("Healthy")),
+            ("failing", _("Failing")),
+            ("unchecked", _("Not checked")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        value = self.value()
+        if value == "healthy":
+            return queryset.filter(last_check_ok=True)
+        if value == "failing":
+            return queryset.filter(last_check_ok=False)
+        if value == "unchecked":
+            return queryset.filter(last_check_ok__isnull=True)
+        return queryset
+
+
+# --- shared helpers ---------------------------------------------------------------------
+
+
+def secret_free_change_message(message: list[dict[str, Any]], form: Any) -> list[dict[str, Any]]:
+    """Name the secret field "client secret" in history; values are never stored anyway."""
+    field = getattr(form, "fields", {}).get(SECRET_FIELD)
+    if field is None:
+        return message
+    with translation_override(None):
+        label = str(field.label or SECRET_FIELD)
+    for entry in message:
+        for detail in entry.values():
+            fields = detail.get("fields") if isinstance(detail, dict) else None
+            if fields:
+                detail["fields"] = [
+                    SECRET_LOG_LABEL if name in (label, SECRET_FIELD) else name for name in fields
+                ]
+    return message
+
+
+def tenant_search_fields() -> list[str]:
+    """``tenant__name`` and ``tenant__<TENANT_KEY_FIELD>``, where the tenant model has them.
+
+    The tenant model is swappable, so its text fields are looked up, not assumed.
+    """
+    model = get_tenant_model()
+    names: list[str] = []
+    for name in ("name", getpaid_settings.TENANT_KEY_FIELD):
+        if not isinstance(name, str) or not name or name in names:
+            continue
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            continue
+        if isinstance(field, (models.CharField, models.TextField)):
+            names.append(name)
+    return [f"tenant__{name}" for name in names]
+
+
+# --- credentials --------------------------------------------------------------------------
+
+
+class CredentialChangeList(ChangeList):
+    """Computes the page's token states in one batch, so rows render without cache calls."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        rows = list(self.result_list)  # evaluates (and caches) the page's queryset once
+        states = token_states(rows)
+        for row in rows:
+            row._getpaid_token_state = states.get(row.pk)
+
+
+@admin.register(ClientCredential)
+class ClientCredentialAdmin(admin.ModelAdmin):
+    form = ClientCredentialForm
+    list_display = [
+        "tenant",
+        "environment_badge",
+        "masked_client_id",
+        "requested_scopes",
+        "granted_scopes_display",
+        "is_active",
+        "token_status",
+        "last_check",
+    ]
+    list_filter = ["environment", "is_active", HealthFilter]
+    # Tenant fields are adapted to the (swappable) tenant model in get_search_fields().
+    search_fields = ["client_id", "tenant__name", "tenant__slug"]
+    list_select_related = ["tenant"]
+    readonly_fields = [
+        "secret_status",
+        "granted_scopes",
+        "environment_audience",
+        "environment_api_url",
+        "token_status_detail",
+        "last_check_result",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["test_connection", "clear_cached_token"]
+    save_on_top = False
+
+    # --- fieldsets
+
+    def get_fieldsets(self, request: HttpRequest, obj: ClientCredential | None = None) -> Any:
+        """Form fields for editors; read-only descriptions for view-only users."""
+        editable = obj is None or self.has_change_permission(request, obj)
+        secret = [SECRET_FIELD, "secret_status"] if obj is not None else [SECRET_FIELD]
+        scopes = ["known_scopes", "other_scopes"]
+        if not editable:
+            secret, scopes = ["secret_status"], ["requested_scopes"]
+        fieldsets: list[tuple[Any, dict[str, Any]]] = [
+            (None, {"fields": ["tenant", "environment", "is_active"]}),
+            (_("OAuth client"), {"fields": ["client_id", *secret]}),
+            (
+                _("Scopes"),
+                {"fields": [*scopes, "granted_scopes"] if obj is not None else scopes},
+            ),
+            (
+                _("Environment endpoints"),
+                {
+                    "fields": ["environment_audience", "environment_api_url"],
+                    "description": _("Set by GETPAID_AUTH['ENVIRONMENTS'] for the environment."),
+                },
+            ),
+        ]
+        if obj is not None:
+            fieldsets.append(
+                (
+                    _("Status"),
+                    {
+                        "fields": [
+                            "token_status_detail",
+                            "last_check_result",
+                            "created_at",
+                            "updated_at",
+                        ]
+                    },
+                )
+            )
+        return fieldsets
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ClientCredential]:
+        """With the tenant: titles, history and messages name it without another query."""
+        return super().get_queryset(request).select_related("tenant")
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        own = [f for f in self.search_fields if not f.startswith("tenant__")]
+        return [*own, *tenant_search_fields()]
+
+    def get_autocomplete_fields(self, request: HttpRequest) -> list[str]:
+        """Autocomplete the tenant when its admin can search (thousands of tenants)."""
+        tenant_admin = self.admin_site._registry.get(get_tenant_model())
+        if tenant_admin is not None and tenant_admin.search_fields:
+            return ["tenant"]
+        return []
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return CredentialChangeList
+
+    # --- list columns
+
+    @admin.display(description=_("environment"), ordering="environment")
+    def environment_badge(self, obj: ClientCredential) -> SafeString:
+        label = obj.get_environment_display()
+        if obj.environment == "live":
+            return format_html('<span style="{}">{}</span>', RED_BADGE, str(label).upper())
+        return format_html('<span style="color:#666">{}</span>', label)
+
+    @admin.display(description=_("client ID"), ordering="client_id")
+    def masked_client_id(self, obj: ClientCredential) -> SafeString:
+        return format_html('<code style="white-space:nowrap">{}</code>', mask(obj.client_id))
+
+    @admin.display(description=_("requested scopes"))
+    def requested_scopes(self, obj: ClientCredential) -> SafeString:
+        scopes = obj.scope_list
+        if not scopes:
+            return format_html("<em>{}</em>", gettext("none"))
+        return format_html_join(
+            " ",
+            '<code title="{}">{}</code>',
+            ((KNOWN_SCOPES.get(s, gettext("not a published getpaid scope")), s) for s in scopes),
+        )
+
+    @admin.display(description=_("granted scopes"))
+    def granted_scopes_display(self, obj: ClientCredential) -> SafeString:
+        granted = obj.granted_scope_list
+        missing = [s for s in obj.scope_list if s not in granted] if obj.last_checked_at else []
+        parts = format_html_join(" ", "<code>{}</code>", ((s,) for s in granted))
+        if missing:
+            return format_html(
+                '{} <span style="color:#ba2121" title="{}">{}</span>',
+                parts,
+                gettext("Requested but not granted at the last check"),
+                gettext("missing: %(scopes)s") % {"scopes": " ".join(missing)},
+            )
+        return parts if granted else format_html("{}", "—")
+
+    @admin.display(description=_("token"))
+    def token_status(self, obj: ClientCredential) -> SafeString:
+        state = getattr(obj, "_getpaid_token_state", None)
+        if state is None:  # not rendered through the change list: look it up alone
+            state = token_states([obj])[obj.pk]
+        return render_token_state(state)
+
+    @admin.display(description=_("last check"), ordering="last_checked_at")
+    def last_check(self, obj: ClientCredential) -> SafeString:
+        if obj.last_checked_at is None:
+            return format_html('<span style="color:#999">{}</span>', gettext("never"))
+        when = formats.localize(timezone.localtime(obj.last_checked_at))
+        if obj.last_check_ok:
+            return format_html('<span style="color:#417505;white-space:nowrap">✔ {}</span>', when)
+        return format_html(
+            '<span style="color:#ba2121" title="{}">✘ {}</span>',
+            obj.last_check_error or gettext("failed"),
+            when,
+        )
+
+    # --- read-only fields of the change page
+
+    @admin.display(description=_("stored secret"))
+    def secret_status(self, obj: ClientCredential) -> SafeString:
+        problem = secret_problem(obj)
+        if problem:
+            return format_html('<span style="{}">{}</span>', RED_BADGE, problem)
+        if obj.secret_changed_at is None:
+            return format_html("{}", gettext("stored (write-only)"))
+        return format_html(
+            "{}",
+            gettext("stored (write-only), last changed %(when)s")
+            % {"when": formats.localize(timezone.localtime(obj.secret_changed_at))},
+        )
+
+    @admin.display(description=_("audience"))
+    def environment_audience(self, obj: ClientCredential | None) -> str:
+        return self._per_environment(obj, "AUDIENCE")
+
+    @admin.display(description=_("API URL"))
+    def environment_api_url(self, obj: ClientCredential | None) -> str:
+        return self._per_environment(obj, "API_URL")
+
+    def _per_environment(self, obj: ClientCredential | None, key: str) -> str:
+        if obj is not None and obj.pk is not None:
+            value = obj.audience if key == "AUDIENCE" else obj.api_url
+            return value or gettext("(environment %(name)s is not configured)") % {
+                "name": obj.environment
+            }
+        return "; ".join(
+            f"{name}: {values.get(key, '')}"
+            for name, values in getpaid_settings.environments.items()
+        )
+
+    @admin.display(description=_("cached token"))
+    def token_status_detail(self, obj: ClientCredential) -> SafeString:
+        return render_token_state(token_states([obj])[obj.pk])
+
+    @admin.display(description=_("last check"))
+    def last_check_result(self, obj: ClientCredential) -> SafeString:
+        if obj.last_checked_at is None:
+            return format_html("{}", gettext("never checked"))
+        when = formats.localize(timezone.localtime(obj.last_checked_at))
+        if obj.last_check_ok:
+            return format_html(
+                '<span style="color:#417505">✔ {} · {}</span>', gettext("passed"), when
+            )
+        return format_html(
+            '<span style="color:#ba2121">✘ {} · {}</span><br>{}',
+            gettext("failed"),
+            when,
+            obj.last_check_error,
+        )
+
+    # --- saving and history
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: ClientCredential | None = None,
+    ) -> Any:
+        if obj is not None and obj.pk is not None and request.method == "GET":
+            problem = secret_problem(obj)
+            if problem:
+                messages.warning(
+                    request,
+                    gettext(
+                        "The stored client secret of %(credential)s is unusable (%(problem)s). "
+                        "Add the key it was encrypted with to GETPAID_AUTH['ENCRYPTION_KEYS'], "
+                        "or enter the secret again."
+                    )
+                    % {"credential": obj, "problem": problem},
+                )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def save_model(
+        self, request: HttpRequest, obj: ClientCredential, form: Any, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        warn_unknown_scopes(request, getattr(form, "unknown_scopes", []))
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> list[dict[str, Any]]:
+        return secret_free_change_message(
+            super().construct_change_message(request, form, formsets, add), form
+        )
+
+    # --- actions
+
+    def has_test_connection_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.test_connection")
+
+    def has_clear_token_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.clear_token")
+
+    @admin.action(
+        description=_("Test connection (requests a new token)"), permissions=["test_connection"]
+    )
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[ClientCredential]) -> None:
+        """Request a fresh token per credential and record the outcome on it."""
+        results = [self._check(row) for row in queryset.select_related("tenant")]
+        connectivity.record_results(results)
+        for result in results:
+            label = f"{result.tenant} · {result.environment} · {result.client_id}"
+            if result.ok:
+                self.message_user(
+                    request,
+                    gettext(
+                        "%(credential)s: connection OK, token valid until %(expires)s, "
+                        "granted scopes: %(scopes)s."
+                    )
+                    % {
+                        "credential": label,
+                        "expires": format_moment(result.expires_at) if result.expires_at else "?",
+                        "scopes": " ".join(result.granted_scopes) or gettext("none"),
+                    },
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request,
+                    gettext("%(credential)s: connection failed: %(error)s")
+                    % {"credential": label, "error": result.error},
+                    messages.ERROR,
+                )
+
+    def _check(self, credential: ClientCredential) -> connectivity.CheckResult:
+        problem = secret_problem(credential)
+        if not problem:
+            try:
+                return connectivity.check_credential(credential, use_cache=False)
+            except (crypto.InvalidToken, GetpaidAuthError) as exc:
+                problem = (
+                    str(_("cannot decrypt: check ENCRYPTION_KEYS"))
+                    if isinstance(exc, crypto.InvalidToken)
+                    else str(exc)
+                )
+            except Exception as exc:  # a bug must not abort the other rows' checks
+                logger.exception("Connection test of credential pk=%s crashed", credential.pk)
+                problem = gettext("unexpected error (%(type)s); see the server log") % {
+                    "type": type(exc).__name__
+                }
+        return connectivity.CheckResult(
+            credential_id=credential.pk,
+            tenant=str(credential.tenant),
+            environment=credential.environment,
+            client_id=mask(credential.client_id),
+            requested_scopes=credential.scope_list,
+            error=problem,
+            error_type="CredentialUnusable",
+        )
+
+    @admin.action(description=_("Clear cached token"), permissions=["clear_token"])
+    def clear_cached_token(
+        self, request: HttpRequest, queryset: QuerySet[ClientCredential]
+    ) -> None:
+        """Forget the cached token and failure memory; the next use requests a new token."""
+        cleared = 0
+        for row in queryset.select_related("tenant"):
+            try:
+                token_store.forget(credentials.snapshot_of(row, 0))
+            except GetpaidAuthError as exc:
+                self.message_user(
+                    request,
+                    gettext("%(credential)s: %(error)s") % {"credential": row, "error": exc},
+                    messages.ERROR,
+                )
+                continue
+            cleared += 1
+        if cleared:
+            self.message_user(
+                request,
+                ngettext(
+                    "Cleared the cached token of %(count)d credential.",
+                    "Cleared the cached tokens of %(count)d credentials.",
+                    cleared,
+                )
+                % {"count": cleared},
+                messages.SUCCESS,
+            )
+
+
+def warn_unknown_scopes(request: HttpRequest, unknown: list[str]) -> None:
+    if unknown:
+        messages.warning(
+            request,
+            gettext(
+                "Saved scopes getpaid does not publish: %(scopes)s. getpaid will refuse "
+                "the token request if it does not know them."
+            )
+            % {"scopes": " ".join(unknown)},
+        )
+
+
+# --- tenants (built-in model only) --------------------------------------------------------
+
+
+class ClientCredentialInline(admin.TabularInline):
+    """A tenant's credentials: added here, edited on their own page (link per row).
+
+    Saved rows are read-only here (client ID masked, no secret); projects with their own
+    tenant model can add this inline to their tenant admin.
+    """
+
+    model = ClientCredential
+    form = InlineClientCredentialForm
+    formset = ClientCredentialInlineFormSet
+    fields = [
+        "environment",
+        "new_client_id",
+        SECRET_FIELD,
+        "is_active",
+        "known_scopes",
+        "other_scopes",
+    ]
+    extra = 0
+    show_change_link = True
+    verbose_name = _("getpaid client credential")
+    verbose_name_plural = _("getpaid client credentials")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Existing rows are shown read-only; the change link edits them."""
+        return False
+
+    # Read-only displays of saved rows (same names as the form fields they stand for).
+
+    @admin.display(description=_("Client ID"))
+    def new_client_id(self, obj: ClientCredential) -> str:
+        return mask(obj.client_id)
+
+    @admin.display(description=_("Client secret"))
+    def new_client_secret(self, obj: ClientCredential) -> str:
+        return secret_problem(obj) or gettext("stored (write-only)")
+
+    @admin.display(description=_("Scopes"))
+    def known_scopes(self, obj: ClientCredential) -> str:
+        return " ".join(s for s in obj.scope_list if s in KNOWN_SCOPES) or "—"
+
+    @admin.display(description=_("Other scopes"))
+    def other_scopes(self, obj: ClientCredential) -> str:
+        return " ".join(s for s in split_scopes(obj.scopes) if s not in KNOWN_SCOPES) or "—"
+
+
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "credential_count"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [ClientCredentialInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return (
+            super().get_queryset(request).annotate(_credential_count=Count("getpaid_credentials"))
+        )
+
+    @admin.display(description=_("credentials"), ordering="_credential_count")
+    def credential_count(self, obj: Any) -> int:
+        return obj._credential_count
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        for inline_form in formset.forms:
+            warn_unknown_scopes(request, getattr(inline_form, "unknown_scopes", []))
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> list[dict[str, Any]]:
+        message = super().construct_change_message(request, form, formsets, add)
+        for formset in formsets or []:
+            if formset.forms:
+                message = secret_free_change_message(message, formset.forms[0])
+        return message
+
+
+if not Tenant._meta.swapped:
+    admin.site.register(Tenant, TenantAdmin)
