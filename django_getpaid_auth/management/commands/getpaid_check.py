@@ -1,0 +1,430 @@
+"""``manage.py getpaid_check``: fetch a token for each active credential and report.
+
+Exit status: 0 every check passed, 1 at least one check failed, 2 usage or configuration
+error (nothing selected, unknown tenant key, no or invalid encryption key, bad option).
+
+``--json`` writes exactly one JSON document to stdout (nothing else goes to stdout)::
+
+    {
+      "ok": bool,             # true when every selected credential passed
+      "checked": int,         # number of credentials checked
+      "passed": int,
+      "failed": int,
+      "duration_ms": float,   # wall time of the whole run
+      "results": [            # sorted by tenant key, environment, credential id
+        {
+          "credential_id": int,
+          "tenant": str,              # str(tenant)
+          "tenant_key": str,          # value of GETPAID_AUTH["TENANT_KEY_FIELD"]
+          "environment": str,         # "live" | "sandbox"
+          "client_id": str,           # masked, e.g. "abcd…wxyz"
+          "ok": bool,
+          "latency_ms": float | null, # token fetch time
+          "expires_at": str | null,   # ISO 8601
+          "requested_scopes": [str],
+          "granted_scopes": [str],
+          "missing_scopes": [str],    # requested but not granted (a failure)
+          "api_status": int | null,   # with --probe-api
+          "error": str | null,        # scrubbed: never a secret or a token
+          "error_type": str | null,   # exception class, "MissingScopes", "ApiRejected", ...
+          "checked_at": str           # ISO 8601
+        }
+      ]
+    }
+
+On exit status 2 nothing is written to stdout; the reason goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from datetime import datetime, timezone
+from typing import Any
+
+from django.core.management.base import (
+    BaseCommand,
+    CommandError,
+    CommandParser,
+    SystemCheckError,
+)
+
+from django_getpaid_auth import cache_backend, clock, connectivity, crypto, token_store
+from django_getpaid_auth.conf import getpaid_settings
+from django_getpaid_auth.connectivity import CheckResult
+from django_getpaid_auth.credentials import snapshot_of
+from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError
+from django_getpaid_auth.models import ClientCredential, Environment, get_tenant_model, mask
+
+DEFAULT_WORKERS = 8
+USAGE_ERROR = 2
+CHECK_FAILED = 1
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        "Fetch a getpaid token for every active client credential (or those selected with "
+        "--tenant/--environment) and report latency, expiry and granted scopes; with "
+        "--probe-api also call the API with the token. Exit status 0 = all passed, "
+        "1 = a check failed, 2 = usage or configuration error. --json writes one document: "
+        '{"ok", "checked", "passed", "failed", "duration_ms", "results": [...]} '
+        "(see the module docstring for every field). In the SCOPES column '!' marks a "
+        "requested scope getpaid did not grant. Secrets and tokens are never printed."
+    )
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        # Bad options are usage errors (2) through call_command() too, not Django's default 1.
+        # From the command line argparse already prints usage and exits 2.
+        if not parser.called_from_command_line:
+
+            def error(message: str) -> Any:
+                raise CommandError(f"Error: {message}", returncode=USAGE_ERROR)
+
+            parser.error = error  # type: ignore[method-assign]
+        return parser
+
+    def check(self, *args: Any, **kwargs: Any) -> None:
+        """System check errors (e.g. no encryption key) are configuration errors: exit 2."""
+        try:
+            super().check(*args, **kwargs)
+        except SystemCheckError as exc:
+            raise SystemCheckError(str(exc), returncode=USAGE_ERROR) from None
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        key_field = getpaid_settings.TENANT_KEY_FIELD
+        parser.add_argument(
+            "--tenant",
+            action="append",
+            dest="tenants",
+            metavar="KEY",
+            default=[],
+            help=f"Only this tenant ({key_field}); repeat for several.",
+        )
+        parser.add_argument(
+            "--environment",
+            choices=Environment.values,
+            help="Only credentials of this environment.",
+        )
+        parser.add_argument(
+            "--use-cache",
+            action="store_true",
+            help="Accept a cached token instead of fetching a fresh one.",
+        )
+        parser.add_argument(
+            "--probe-api",
+            action="store_true",
+            help="Also GET the environment's API base URL with the token.",
+        )
+        parser.add_argument(
+            "--workers",
+            type=_positive_int,
+            default=DEFAULT_WORKERS,
+            metavar="N",
+            help=f"Check up to N credentials at a time (default {DEFAULT_WORKERS}).",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            dest="as_json",
+            help="Write one JSON document to stdout (shape in the command's docstring).",
+        )
+        parser.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="No progress indicator (it is only shown when stderr is a terminal).",
+        )
+
+    # --------------------------------------------------------------------- handle
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        started = time.monotonic()
+        tenants: list[str] = list(options.get("tenants") or [])
+        environment: str | None = options.get("environment")
+        workers: int = options.get("workers") or DEFAULT_WORKERS
+        verbosity: int = options.get("verbosity", 1)
+        # call_command(..., environment=...) bypasses argparse choices: validate again.
+        if environment is not None and environment not in Environment.values:
+            raise CommandError(
+                f"Unknown environment {environment!r}; choose from "
+                f"{', '.join(Environment.values)}.",
+                returncode=USAGE_ERROR,
+            )
+        if not isinstance(workers, int) or workers < 1:
+            raise CommandError("--workers must be at least 1.", returncode=USAGE_ERROR)
+        try:
+            crypto.get_fernet()
+        except GetpaidAuthConfigurationError as exc:
+            raise CommandError(str(exc), returncode=USAGE_ERROR) from None
+
+        selected = self._select(tenants, environment)
+        keys = {c.pk: self._tenant_key(c) for c in selected}
+
+        use_cache = bool(options.get("use_cache"))
+        probe_api = bool(options.get("probe_api"))
+        fingerprints = verbosity >= 2
+        show_progress = not options.get("no_progress") and self.stderr.isatty()
+
+        def check(credential: ClientCredential) -> tuple[CheckResult, str]:
+            # Worker thread: no ORM here (credentials and tenants are already loaded).
+            return _check_one(credential, use_cache, probe_api, fingerprints)
+
+        results, fingerprint_of = self._run(selected, check, workers, show_progress)
+        connectivity.record_results(results)
+
+        results.sort(key=lambda r: (keys[r.credential_id], r.environment, r.credential_id))
+        failed = sum(1 for r in results if not r.ok)
+        duration = time.monotonic() - started
+        if options.get("as_json"):
+            self._write_json(results, keys, duration)
+        else:
+            self._write_table(results, keys, fingerprint_of, verbosity, duration, workers)
+        if failed:
+            raise CommandError(
+                f"{failed} of {len(results)} getpaid check(s) failed.", returncode=CHECK_FAILED
+            )
+
+    # --------------------------------------------------------------------- selection
+
+    def _tenant_key(self, credential: ClientCredential) -> str:
+        return str(getattr(credential.tenant, getpaid_settings.TENANT_KEY_FIELD))
+
+    def _select(self, tenants: Sequence[str], environment: str | None) -> list[ClientCredential]:
+        """Active credentials, tenants included, in one query; usage errors raise (2)."""
+        key_field = getpaid_settings.TENANT_KEY_FIELD
+        queryset = ClientCredential.objects.select_related("tenant").filter(is_active=True)
+        if tenants:
+            queryset = queryset.filter(**{f"tenant__{key_field}__in": tenants})
+        if environment is not None:
+            queryset = queryset.filter(environment=environment)
+        selected = list(queryset)
+        where = f" for environment {environment}" if environment else ""
+        if tenants:
+            found = {self._tenant_key(c) for c in selected}
+            missing = [key for key in dict.fromkeys(tenants) if key not in found]
+            if missing:
+                tenant_model = get_tenant_model()
+                existing = {
+                    str(value)
+                    for value in tenant_model._default_manager.filter(
+                        **{f"{key_field}__in": missing}
+                    ).values_list(key_field, flat=True)
+                }
+                unknown = [key for key in missing if key not in existing]
+                if unknown:
+                    raise CommandError(
+                        f"Unknown {tenant_model._meta.verbose_name} {key_field}: "
+                        f"{', '.join(unknown)}.",
+                        returncode=USAGE_ERROR,
+                    )
+                raise CommandError(
+                    f"No active getpaid credential{where} for: {', '.join(missing)}.",
+                    returncode=USAGE_ERROR,
+                )
+        if not selected:
+            raise CommandError(
+                f"No active getpaid credential{where} to check. Add one in the admin "
+                "(getpaid client credentials).",
+                returncode=USAGE_ERROR,
+            )
+        return selected
+
+    # --------------------------------------------------------------------- running
+
+    def _run(
+        self,
+        selected: list[ClientCredential],
+        check: Callable[[ClientCredential], tuple[CheckResult, str]],
+        workers: int,
+        show_progress: bool,
+    ) -> tuple[list[CheckResult], dict[int, str]]:
+        total = len(selected)
+        results: list[CheckResult] = []
+        fingerprint_of: dict[int, str] = {}
+        executor = ThreadPoolExecutor(max_workers=min(workers, total), thread_name_prefix="gpcheck")
+        try:
+            futures: dict[Future[tuple[CheckResult, str]], ClientCredential] = {
+                executor.submit(check, credential): credential for credential in selected
+            }
+            if show_progress:
+                self._progress(0, total)
+            for future in as_completed(futures):
+                try:
+                    result, fingerprint = future.result()
+                except Exception as exc:  # a bug, not a getpaid problem: report, keep going
+                    result, fingerprint = _crashed(futures[future], exc), ""
+                results.append(result)
+                fingerprint_of[result.credential_id] = fingerprint
+                if show_progress:
+                    self._progress(len(results), total)
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        executor.shutdown(wait=True)
+        if show_progress:
+            self.stderr.write("\r" + " " * 40 + "\r", ending="")
+            self.stderr.flush()
+        return results, fingerprint_of
+
+    def _progress(self, done: int, total: int) -> None:
+        self.stderr.write(f"\r checked {done}/{total}", ending="")
+        self.stderr.flush()
+
+    # --------------------------------------------------------------------- output
+
+    def _write_json(
+        self, results: list[CheckResult], keys: dict[int, str], duration: float
+    ) -> None:
+        failed = sum(1 for r in results if not r.ok)
+        document = {
+            "ok": failed == 0,
+            "checked": len(results),
+            "passed": len(results) - failed,
+            "failed": failed,
+            "duration_ms": round(duration * 1000, 1),
+            "results": [{**r.as_dict(), "tenant_key": keys[r.credential_id]} for r in results],
+        }
+        self.stdout.write(json.dumps(document, indent=2, ensure_ascii=False))
+
+    def _write_table(
+        self,
+        results: list[CheckResult],
+        keys: dict[int, str],
+        fingerprint_of: dict[int, str],
+        verbosity: int,
+        duration: float,
+        workers: int,
+    ) -> None:
+        failed = sum(1 for r in results if not r.ok)
+        summary = (
+            f"{len(results)} checked, {len(results) - failed} ok, {failed} failed "
+            f"in {duration:.1f}s"
+        )
+        if verbosity >= 1:
+            now = clock.now()
+            header = ["STATUS", "TENANT", "ENV", "CLIENT", "LATENCY", "EXPIRES", "SCOPES", "ERROR"]
+            rows = [
+                [
+                    "OK" if r.ok else "FAIL",
+                    keys[r.credential_id],
+                    r.environment,
+                    r.client_id,
+                    "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
+                    _expires(r.expires_at, now),
+                    _scopes(r),
+                    r.error,
+                ]
+                for r in results
+            ]
+            widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+            self.stdout.write(_line(header, widths))
+            for r, row in zip(results, rows, strict=True):
+                status = row[0].ljust(widths[0])
+                styled = self.style.SUCCESS(status) if r.ok else self.style.ERROR(status)
+                self.stdout.write(styled + "  " + _line(row[1:], widths[1:]))
+        if verbosity >= 2:
+            self.stdout.write("")
+            for r in results:
+                details = [
+                    f"credential_id={r.credential_id}",
+                    f"tenant={r.tenant!r}",
+                    f"requested={' '.join(r.requested_scopes) or '-'}",
+                    f"granted={' '.join(r.granted_scopes) or '-'}",
+                ]
+                if fingerprint_of.get(r.credential_id):
+                    details.append(f"token_fingerprint={fingerprint_of[r.credential_id]}")
+                if r.api_status is not None:
+                    details.append(f"api_status={r.api_status}")
+                if r.error_type:
+                    details.append(f"error_type={r.error_type}")
+                details.append(f"checked_at={r.checked_at.isoformat()}")
+                self.stdout.write(f"{keys[r.credential_id]}/{r.environment}: " + " ".join(details))
+        if verbosity >= 3:
+            self.stdout.write(
+                f"token_url={getpaid_settings.TOKEN_URL} workers={workers} "
+                + " ".join(
+                    f"{name}.api_url={env.get('API_URL', '')}"
+                    for name, env in sorted(getpaid_settings.environments.items())
+                )
+            )
+        if verbosity >= 1:
+            self.stdout.write("")
+        summary_style = self.style.ERROR if failed else self.style.SUCCESS
+        self.stdout.write(summary_style(summary))
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _check_one(
+    credential: ClientCredential, use_cache: bool, probe_api: bool, fingerprints: bool
+) -> tuple[CheckResult, str]:
+    result = connectivity.check_credential(credential, use_cache=use_cache, probe_api=probe_api)
+    fingerprint = ""
+    if fingerprints and result.expires_at is not None:
+        fingerprint = _cached_fingerprint(credential, result.expires_at)
+    return result, fingerprint
+
+
+def _cached_fingerprint(credential: ClientCredential, expires_at: datetime) -> str:
+    """Fingerprint of the token the check just obtained, read back from the cache (no fetch)."""
+    try:
+        entry = cache_backend.get(token_store.token_key(snapshot_of(credential, 0)))
+        token = token_store.token_of(entry) if token_store.is_entry(entry) else None
+    except Exception:
+        return ""
+    if token is None or token.expires_at != expires_at:
+        return ""
+    return token.fingerprint
+
+
+def _crashed(credential: ClientCredential, exc: Exception) -> CheckResult:
+    """A failed result for an unexpected exception; its message may hold anything, so omit it."""
+    return CheckResult(
+        credential_id=credential.pk,
+        tenant=str(credential.tenant),
+        environment=credential.environment,
+        client_id=mask(credential.client_id),
+        requested_scopes=credential.scope_list,
+        error=f"Unexpected error during the check: {type(exc).__name__}",
+        error_type=type(exc).__name__,
+    )
+
+
+def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+
+def _expires(expires_at: datetime | None, now: float) -> str:
+    if expires_at is None:
+        return "-"
+    left = max(0, int(expires_at.timestamp() - now))
+    hours, rest = divmod(left, 3600)
+    minutes, seconds = divmod(rest, 60)
+    remaining = f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+    absolute = expires_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{remaining} ({absolute})"
+
+
+def _scopes(result: CheckResult) -> str:
+    """``granted/requested`` then each requested scope; ``!`` marks one not granted."""
+    requested = result.requested_scopes
+    known = result.expires_at is not None  # a token came back, so granted scopes are known
+    if not requested:
+        return (" ".join(result.granted_scopes) or "-") if known else "-"
+    missing = set(result.missing_scopes)
+    count = f"{len(requested) - len(missing)}/{len(requested)}" if known else f"?/{len(requested)}"
+    return " ".join([count, *(f"!{s}" if s in missing else s for s in requested)])
