@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "REFRESH_MARGIN_RATIO": 0.1,
     # Assumed clock difference between us and the token server.
     "CLOCK_SKEW": 10,
+    # Seconds a process trusts its in-memory copy of a token before re-reading the shared
+    # cache: bounds how long another process's change takes to be seen here. 0 disables.
+    "LOCAL_CACHE_TIMEOUT": 1.0,
     # Cross-process single flight: lease lifetime and how long waiters wait.
     "LEASE_TIMEOUT": 20.0,
     "WAIT_TIMEOUT": 30.0,

@@ -11,7 +11,9 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.db import models
 
@@ -46,7 +48,7 @@ class CredentialSnapshot:
     secret_version: str
     generation: int
 
-    @property
+    @cached_property
     def cache_id(self) -> str:
         """Changes whenever anything that shapes the token changes (secret included)."""
         identity = "\x1f".join(
@@ -61,6 +63,21 @@ class CredentialSnapshot:
             ]
         )
         return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+    def cache_key(self, kind: str) -> str:
+        """The namespaced cache key for ``kind`` (token, lease, ...), memoised: hot path."""
+        keys: dict[str, str] = self.__dict__.setdefault("_cache_keys", {})
+        key = keys.get(kind)
+        if key is None:
+            key = keys[kind] = cache_backend.key(f"{kind}:{self.cache_id}")
+        return key
+
+    @cached_property
+    def allowed_hosts(self) -> frozenset[str]:
+        """Hosts that may receive this credential's token: its API host and the allow-list."""
+        hosts = {urlsplit(self.api_url).netloc.lower()}
+        hosts.update(h.lower() for h in getpaid_settings.ALLOWED_API_HOSTS)
+        return frozenset(hosts)
 
     def client_secret(self) -> str:
         """Decrypt the secret just before it is sent; never stored in clear."""
@@ -105,8 +122,13 @@ def snapshot_of(credential: Any, generation: int) -> CredentialSnapshot:
 # --- generation counter shared through the cache -------------------------------------
 
 
+_generation_key: list[str] = []
+
+
 def generation_key() -> str:
-    return cache_backend.key("credgen")
+    if not _generation_key:
+        _generation_key.append(cache_backend.key("credgen"))
+    return _generation_key[0]
 
 
 def read_generation() -> int:
@@ -130,6 +152,7 @@ _snapshots: dict[tuple[Any, ...], CredentialSnapshot] = {}
 def clear_local_snapshots() -> None:
     with _lock:
         _snapshots.clear()
+        _generation_key.clear()
 
 
 def lookup_key(tenant: TenantRef, environment: str | None) -> tuple[Any, ...]:
@@ -228,9 +251,11 @@ def _load(tenant: TenantRef, environment: str | None, generation: int) -> Creden
 def credential_changed(credential: Any) -> None:
     """After save/delete: forget its token and failure memory, and reload everywhere."""
     from . import token_store
+    from .service import clear_memo
 
     bump_generation()
     clear_local_snapshots()
+    clear_memo()
     try:
         snapshot = snapshot_of(credential, generation=0)
     except Exception:  # unknown environment etc.: nothing cached under it anyway

@@ -44,19 +44,19 @@ REFRESH_FAILURE_PAUSE = 5.0  # after a failed background refresh, others wait th
 
 
 def token_key(snapshot: CredentialSnapshot) -> str:
-    return cache_backend.key(f"token:{snapshot.cache_id}")
+    return snapshot.cache_key("token")
 
 
 def lease_key(snapshot: CredentialSnapshot) -> str:
-    return cache_backend.key(f"lease:{snapshot.cache_id}")
+    return snapshot.cache_key("lease")
 
 
 def failure_key(snapshot: CredentialSnapshot) -> str:
-    return cache_backend.key(f"failure:{snapshot.cache_id}")
+    return snapshot.cache_key("failure")
 
 
 def refresh_pause_key(snapshot: CredentialSnapshot) -> str:
-    return cache_backend.key(f"refresh-pause:{snapshot.cache_id}")
+    return snapshot.cache_key("refresh-pause")
 
 
 # --- cache entries -------------------------------------------------------------------
@@ -74,18 +74,25 @@ def _clear_decrypted() -> None:
         _decrypted.clear()
 
 
-def make_entry(token: AccessToken) -> dict[str, Any]:
+def refresh_time(token: AccessToken) -> float:
+    """When the token enters its refresh window (epoch seconds)."""
     expires = token.expires_at.timestamp()
     lifetime = max(1.0, token.lifetime)
     margin = getpaid_settings.refresh_margin(lifetime)
     skew = getpaid_settings.clock_skew(lifetime)
+    return max(token.obtained_at.timestamp(), expires - margin - skew)
+
+
+def make_entry(token: AccessToken) -> dict[str, Any]:
+    expires = token.expires_at.timestamp()
+    skew = getpaid_settings.clock_skew(max(1.0, token.lifetime))
     ciphertext = crypto.encrypt(json.dumps(token.to_payload()))
     with _decrypted_lock:
         _decrypted[ciphertext] = token
     return {
         "ct": ciphertext,
         "exp": expires,
-        "refresh": max(token.obtained_at.timestamp(), expires - margin - skew),
+        "refresh": refresh_time(token),
         "until": expires - skew,
     }
 
@@ -150,6 +157,7 @@ def get(
 
 def forget(snapshot: CredentialSnapshot) -> None:
     """Drop the cached token and the failure memory of ``snapshot``."""
+    _clear_process_memo()
     cache_backend.delete_many(
         [token_key(snapshot), failure_key(snapshot), refresh_pause_key(snapshot)]
     )
@@ -157,6 +165,7 @@ def forget(snapshot: CredentialSnapshot) -> None:
 
 def forget_if_current(snapshot: CredentialSnapshot, token: AccessToken) -> bool:
     """Drop the cached token only if it is still ``token`` (another caller may have renewed)."""
+    _clear_process_memo()
     entry = cache_backend.get(token_key(snapshot))
     if is_entry(entry):
         current = token_of(entry)
@@ -175,6 +184,12 @@ def cached_entries(snapshots: list[CredentialSnapshot]) -> dict[int, dict[str, A
         for k, v in found.items()
         if is_entry(v)
     }
+
+
+def _clear_process_memo() -> None:
+    from .service import clear_memo
+
+    clear_memo()
 
 
 # --- failure memory --------------------------------------------------------------------

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from django_getpaid_auth import cache_backend, clock, credentials, token_store
+from django_getpaid_auth import cache_backend, clock, credentials, service, token_store
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +20,7 @@ def _clean_state(settings):
         "CACHE_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
     }
     credentials.clear_local_snapshots()
+    service.clear_memo()
     token_store._clear_decrypted()
     cache_backend.clear_fallback()
     yield

@@ -138,12 +138,13 @@ def test_4_processes_x_16_threads_make_one_token_request(tmp_path, fake):
 
 @needs_redis
 def test_near_expiry_one_refresh_and_nobody_waits(tmp_path, fake):
-    # lifetime 72 s: refresh window opens at 72 - max(60, 7.2) - 10 (skew) = 2 s
-    fake.token_lifetime = 72
+    # lifetime 8 s: margin min(60, 8/2) = 4 s, skew min(10, 8/4) = 2 s, so the refresh
+    # window runs from 2 s to 6 s after issue
+    fake.token_lifetime = 8
     cluster = Cluster(tmp_path, fake)
     first = cluster.race(4, 16)
     assert fake.token_request_count("mp-client") == 1
-    time.sleep(2.5)  # the token is now inside its refresh window, still valid for ~60 s
+    time.sleep(2.5)  # the token is now inside its refresh window, still usable for ~3.5 s
     second = cluster.race(4, 16)
     assert [r for r in second if "error" in r] == []
     assert fake.token_request_count("mp-client") == 2  # exactly one refresh
@@ -262,7 +263,11 @@ def test_redis_outage_degrades_then_sharing_resumes(own_redis, settings, caplog,
                 "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
             }
         }
-        settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, **fake.getpaid_auth_settings()}
+        settings.GETPAID_AUTH = {
+            **settings.GETPAID_AUTH,
+            **fake.getpaid_auth_settings(),
+            "LOCAL_CACHE_TIMEOUT": 0,  # every call goes to the (failing) shared cache
+        }
         monkeypatch.setattr(cache_backend, "RETRY_SHARED_AFTER", 0.2)
         tenant = make_tenant(slug="outage")
         make_credential(tenant, client_id="o-client", client_secret="o-secret")

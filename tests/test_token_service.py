@@ -265,7 +265,7 @@ def test_warm_path_runs_no_sql(endpoint, api, django_assert_num_queries):
             get_token(tenant)
 
 
-def test_credential_change_in_another_process_is_seen(endpoint):
+def test_credential_change_in_another_process_is_seen(endpoint, fake_clock):
     """A save elsewhere bumps the shared generation; our snapshot is then reloaded."""
     from django_getpaid_auth import credentials
 
@@ -276,6 +276,7 @@ def test_credential_change_in_another_process_is_seen(endpoint):
     ClientCredential.objects.filter(pk=credential.pk).update(scopes="accounts:read")
     assert get_token(tenant).scopes == {"payments:read"}  # still the old snapshot
     credentials.bump_generation()
+    fake_clock.advance(1.5)  # past LOCAL_CACHE_TIMEOUT: the shared cache is read again
     get_token(tenant)
     assert json.loads(endpoint.requests[-1].body)["scope"] == "accounts:read"
 
