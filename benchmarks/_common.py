@@ -62,19 +62,22 @@ def configure_django(
     server: FakeServer,
     db_path: str | None = None,
     extra: dict[str, Any] | None = None,
+    prefix: str | None = None,
 ) -> None:
     """settings.configure() for a benchmark process (sqlite file DB, LocMem or Redis)."""
     import django
     from django.conf import settings
 
     db_path = db_path or os.path.join(tempfile.mkdtemp(), "bench.sqlite3")
+    # Processes of one run share this prefix (and so their tokens); runs do not.
+    prefix = prefix or f"bench{os.getpid()}-{time.time():.0f}"
     caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     if cache == "redis":
         caches = {
             "default": {
                 "BACKEND": "django.core.cache.backends.redis.RedisCache",
                 "LOCATION": REDIS_URL,
-                "KEY_PREFIX": f"bench{os.getpid()}",
+                "KEY_PREFIX": prefix,
             }
         }
     info = server.info
@@ -121,7 +124,7 @@ def configure_django(
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         GETPAID_AUTH={
             "ENCRYPTION_KEYS": [KEY],
-            "CACHE_KEY_PREFIX": f"bench{os.getpid()}{int(time.time())}",
+            "CACHE_KEY_PREFIX": prefix,
             "TOKEN_URL": info["token_url"],
             "ENVIRONMENTS": {
                 "sandbox": {

@@ -32,7 +32,7 @@ from .exceptions import (
     TokenWaitTimeoutError,
 )
 from .signals import token_obtained, token_request_failed
-from .tokens import AccessToken, from_timestamp
+from .tokens import AccessToken
 
 logger = logging.getLogger("django_getpaid_auth.token_store")
 
@@ -223,13 +223,6 @@ def _remember(snapshot: CredentialSnapshot, error: TokenRequestError) -> None:
 
 # --- fetching: one at a time -------------------------------------------------------------
 
-_NOTHING = AccessToken(
-    value="",
-    token_type="Bearer",
-    expires_at=from_timestamp(0),
-    scopes=frozenset(),
-    obtained_at=from_timestamp(0),
-)
 _flights: dict[str, Future[AccessToken]] = {}
 _flights_lock = threading.Lock()
 
@@ -277,6 +270,25 @@ def _release(snapshot: CredentialSnapshot, owner: str) -> None:
         cache_backend.delete(lease_key(snapshot))
 
 
+def _acceptable(
+    entry: Any, *, before_refresh: bool, replaced: AccessToken | None = None
+) -> AccessToken | None:
+    """The token in a cache ``entry`` if it may be handed out, else None.
+
+    ``before_refresh``: only a token not yet due for refresh (a peer has just renewed it).
+    ``replaced``: a forced refresh never settles for the token it is replacing.
+    """
+    if not is_entry(entry):
+        return None
+    limit = float(entry["refresh"]) if before_refresh else usable_until(entry)
+    if clock.now() >= limit:
+        return None
+    token = token_of(entry)
+    if token is None or (replaced is not None and token.value == replaced.value):
+        return None
+    return token
+
+
 def _refresh_or_keep(snapshot: CredentialSnapshot, current: AccessToken) -> AccessToken:
     """In the refresh window: the lease winner refreshes; everyone else keeps ``current``."""
     if cache_backend.get(refresh_pause_key(snapshot)) or remembered_failure(snapshot):
@@ -285,7 +297,9 @@ def _refresh_or_keep(snapshot: CredentialSnapshot, current: AccessToken) -> Acce
     if not cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
         return current
     try:
-        return _fetch(snapshot)
+        # A peer may have renewed it between our read and our lease: use theirs.
+        renewed = _acceptable(cache_backend.get(token_key(snapshot)), before_refresh=True)
+        return renewed if renewed is not None else _fetch(snapshot)
     except TokenRequestError as error:
         logger.warning(
             "Refreshing the getpaid token failed; the current one (valid until %s) stays in "
@@ -342,19 +356,20 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
     deadline = time.monotonic() + float(getpaid_settings.WAIT_TIMEOUT)
     interval = POLL_INTERVAL
     entry = cache_backend.get(token_key(snapshot))
-    # A forced refresh must not settle for the token it is replacing.
     replaced = token_of(entry) if force and is_entry(entry) else None
+    if force and replaced is None:
+        entry = None  # nothing cached to replace: only a token fetched from now on will do
     while True:
-        if (
-            is_entry(entry)
-            and clock.now() < usable_until(entry)
-            and not (force and replaced is None)
-        ):
-            token = token_of(entry)
-            if token is not None and (replaced is None or token.value != replaced.value):
-                return token
+        token = _acceptable(entry, before_refresh=False, replaced=replaced)
+        if token is not None:
+            return token
         if cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
             try:
+                # A peer may have finished between our read and our lease: use theirs.
+                entry = cache_backend.get(token_key(snapshot))
+                token = _acceptable(entry, before_refresh=False, replaced=replaced)
+                if token is not None:
+                    return token
                 return _fetch(snapshot)
             finally:
                 _release(snapshot, owner)
@@ -371,5 +386,3 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
         time.sleep(interval)
         interval = min(POLL_INTERVAL_MAX, interval * 1.5)
         entry = cache_backend.get(token_key(snapshot))
-        if force and replaced is None:
-            replaced = _NOTHING  # no old token: any token a peer fetched meanwhile is new
