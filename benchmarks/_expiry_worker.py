@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import configure_django, make_getter  # noqa: E402
+from benchmarks._common import configure_django, make_getter
 
 
 def main() -> None:

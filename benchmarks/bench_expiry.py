@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import FakeServer, machine, percentile  # noqa: E402
+from benchmarks._common import FakeServer, machine, percentile
 
 HERE = Path(__file__).resolve().parent
 LEEWAY = 1.0  # every library refreshes about 1 s before expiry
@@ -34,12 +34,13 @@ def prepare_database(server: FakeServer) -> str:
     """A SQLite file with tenant bench-0, made in a child process (settings are global)."""
     db = os.path.join(tempfile.mkdtemp(), "expiry.sqlite3")
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(HERE.parent)!r})\n"
         "from types import SimpleNamespace\n"
         "from benchmarks._common import configure_django, create_tenants\n"
-        "configure_django(cache='locmem', server=SimpleNamespace(info=%r), db_path=%r)\n"
+        f"server = SimpleNamespace(info={server.info!r})\n"
+        f"configure_django(cache='locmem', server=server, db_path={db!r})\n"
         "create_tenants(1)\n"
-    ) % (str(HERE.parent), server.info, db)
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     return db
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import FakeServer, configure_django, create_tenants, machine  # noqa: E402
+from benchmarks._common import FakeServer, configure_django, create_tenants, machine
 
 
 def run_check(*options: str) -> tuple[float, dict]:
