@@ -42,12 +42,19 @@ def is_degraded() -> bool:
     return time.monotonic() < _down_until
 
 
+WARN_EVERY = 60.0
+_last_warning = -WARN_EVERY
+
+
 def _mark_down(exc: Exception) -> None:
-    global _down_until
+    global _down_until, _last_warning
     with _lock:
-        first = not is_degraded()
-        _down_until = time.monotonic() + RETRY_SHARED_AFTER
-    if first:
+        now = time.monotonic()
+        _down_until = now + RETRY_SHARED_AFTER
+        warn = now - _last_warning >= WARN_EVERY  # once a minute, not once per retry
+        if warn:
+            _last_warning = now
+    if warn:
         logger.warning(
             "Cache %r failed (%s: %s); fetching getpaid tokens per process until it is back.",
             getpaid_settings.CACHE_ALIAS,
@@ -108,6 +115,7 @@ def incr(name: str) -> int | None:
 
 def clear_fallback() -> None:
     """Tests: forget what was cached while degraded."""
-    global _down_until
+    global _down_until, _last_warning
     _fallback.clear()
     _down_until = 0.0
+    _last_warning = -WARN_EVERY

@@ -1,20 +1,22 @@
 """System checks (``manage.py check``) for GETPAID_AUTH.
 
 Ids are stable: E001 no key, E002 malformed key, E003 environments, E004 cache alias,
-E005 token URL, E006 tenant key field, W001 process-local cache; database-tagged
+E005 token URL, E006 tenant key field, E007 bad setting value, W001 process-local cache,
+W002 unknown setting name; database-tagged
 (``check --database default``): E010 malformed stored scope, W010 unknown scope,
 E011 stored environment not configured.
 """
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import SETTING_NAME, getpaid_settings
+from .conf import DEFAULTS, SETTING_NAME, getpaid_settings
 from .crypto import configured_keys, key_problems
 from .scopes import malformed_scopes, split_scopes, unknown_scopes
 
@@ -96,6 +98,42 @@ def check_environments(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     return errors
 
 
+CHOICES = {
+    "TOKEN_REQUEST_FORMAT": ("json", "form"),
+    "CLIENT_AUTH_METHOD": ("client_secret_post", "client_secret_basic"),
+}
+
+
+@register()
+def check_setting_names_and_choices(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A typo in a GETPAID_AUTH key or value must not be silently ignored."""
+    user = getattr(settings, SETTING_NAME, None)
+    if user is None:
+        return []
+    if not isinstance(user, dict):
+        return [Error(f"{SETTING_NAME} must be a dict.", id="django_getpaid_auth.E007")]
+    messages: list[CheckMessage] = []
+    for name in sorted(set(user) - set(DEFAULTS)):
+        close = get_close_matches(name, DEFAULTS, n=1)
+        messages.append(
+            Warning(
+                f"Unknown setting {SETTING_NAME}[{name!r}] is ignored.",
+                hint=f"Did you mean {close[0]!r}?" if close else "See the settings reference.",
+                id="django_getpaid_auth.W002",
+            )
+        )
+    for name, allowed in CHOICES.items():
+        if name in user and user[name] not in allowed:
+            messages.append(
+                Error(
+                    f"{SETTING_NAME}[{name!r}] is {user[name]!r}.",
+                    hint=f"Use one of: {', '.join(allowed)}.",
+                    id="django_getpaid_auth.E007",
+                )
+            )
+    return messages
+
+
 @register(Tags.caches)
 def check_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     alias = getpaid_settings.CACHE_ALIAS
@@ -112,8 +150,9 @@ def check_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if backend in PROCESS_LOCAL_CACHES:
         return [
             Warning(
-                f"Cache {alias!r} ({backend.rsplit('.', 1)[-1]}) is local to one process: every "
-                "worker process will request its own getpaid tokens.",
+                f"Cache {alias!r} ({backend.rsplit('.', 1)[-1]}) is local to one process (Dummy"
+                "Cache stores nothing at all): every worker process will request its own "
+                "getpaid tokens.",
                 hint="Use Redis or Memcached in production so all workers share one token.",
                 id="django_getpaid_auth.W001",
             )

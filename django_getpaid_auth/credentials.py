@@ -73,6 +73,10 @@ class CredentialSnapshot:
         return key
 
     @cached_property
+    def api_scheme(self) -> str:
+        return urlsplit(self.api_url).scheme.lower()
+
+    @cached_property
     def allowed_hosts(self) -> frozenset[str]:
         """Hosts that may receive this credential's token: its API host and the allow-list."""
         hosts = {urlsplit(self.api_url).netloc.lower()}
@@ -153,10 +157,28 @@ def clear_local_snapshots() -> None:
     with _lock:
         _snapshots.clear()
         _generation_key.clear()
+        _tenant_class.clear()
+
+
+_tenant_class: list[type[models.Model]] = []
+
+
+def _tenant_model() -> type[models.Model]:
+    if not _tenant_class:
+        from .models import get_tenant_model
+
+        _tenant_class.append(get_tenant_model())
+    return _tenant_class[0]
 
 
 def lookup_key(tenant: TenantRef, environment: str | None) -> tuple[Any, ...]:
     if isinstance(tenant, models.Model):
+        if not isinstance(tenant, _tenant_model()):
+            raise TypeError(
+                f"get_session/get_token got a {type(tenant).__name__}; pass a "
+                f"{_tenant_model()._meta.label} instance or its "
+                f"{getpaid_settings.TENANT_KEY_FIELD} string."
+            )
         return ("pk", tenant.pk, environment)
     if isinstance(tenant, str):
         return ("key", tenant, environment)

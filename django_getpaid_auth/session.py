@@ -85,6 +85,11 @@ def _require_allowed_host(url: str, snapshot: CredentialSnapshot) -> None:
     netloc = parts.netloc.lower()
     hostname = (parts.hostname or "").lower()
     allowed = snapshot.allowed_hosts
+    if parts.scheme != "https" and parts.scheme != snapshot.api_scheme:
+        raise ForeignHostError(
+            f"Refusing to send a getpaid token over {parts.scheme}:// ({netloc}): the API is "
+            f"configured as {snapshot.api_scheme}://, so use https or a relative URL."
+        )
     if netloc not in allowed and hostname not in allowed:
         raise ForeignHostError(
             f"Refusing to send a getpaid token to {parts.scheme}://{netloc}: only "

@@ -14,6 +14,7 @@ import random
 import re
 import time
 from typing import Any
+from urllib.parse import quote_plus
 
 import requests
 import requests.adapters
@@ -92,7 +93,8 @@ def _request_once(snapshot: CredentialSnapshot) -> AccessToken:
         body["scope"] = " ".join(snapshot.scopes)
     auth = None
     if getpaid_settings.CLIENT_AUTH_METHOD == "client_secret_basic":
-        auth = (snapshot.client_id, secret)
+        # RFC 6749 2.3.1: both are form-urlencoded before Basic encoding.
+        auth = (quote_plus(snapshot.client_id), quote_plus(secret))
     else:
         body["client_id"] = snapshot.client_id
         body["client_secret"] = secret

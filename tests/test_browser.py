@@ -50,7 +50,7 @@ def sync_playwright_or_skip():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        reason = "playwright is not installed (pip install -e '.[browser]')"
+        reason = "playwright is not installed (pip install -e '.[test]')"
     else:
         if Path(CHROMIUM).exists():
             return sync_playwright

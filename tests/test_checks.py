@@ -133,3 +133,18 @@ def test_stored_environment_not_configured_is_an_error(settings):
 def test_good_stored_credentials_are_quiet():
     make_credential(scopes="payments:read accounts:read_write")
     assert ids(databases=["default"]) - {"django_getpaid_auth.W001"} == set()
+
+
+def test_unknown_setting_name_is_a_warning_with_suggestion(settings):
+    patch(settings, REFRESH_MARGN=30)
+    messages = [m for m in run_checks() if m.id == "django_getpaid_auth.W002"]
+    assert len(messages) == 1
+    assert "REFRESH_MARGN" in messages[0].msg and "REFRESH_MARGIN" in messages[0].hint
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("TOKEN_REQUEST_FORMAT", "xml"), ("CLIENT_AUTH_METHOD", "private_key_jwt")]
+)
+def test_bad_setting_value_is_an_error(settings, name, value):
+    patch(settings, **{name: value})
+    assert "django_getpaid_auth.E007" in ids()

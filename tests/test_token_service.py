@@ -749,3 +749,46 @@ def test_short_lived_tokens_are_reused_before_refresh(rsps, fake_clock):
     assert get_token(tenant) == first and endpoint.count == 1
     fake_clock.advance(6)  # 10 s: half the lifetime, refresh due
     assert get_token(tenant) != first and endpoint.count == 2
+
+
+def test_token_never_sent_over_plain_http_to_an_https_api(endpoint, rsps):
+    tenant = make_tenant()
+    make_credential(tenant)
+    rsps.add(responses.GET, "http://api.sandbox.getpaid.test/v2/payments/pay_1", body="x")
+    with pytest.raises(ForeignHostError, match="http://"):
+        get_session(tenant).get("http://api.sandbox.getpaid.test/v2/payments/pay_1")
+    assert not [c for c in rsps.calls if c.request.url.startswith("http://api")]
+
+
+def test_basic_auth_form_encodes_id_and_secret(settings, endpoint):
+    import base64
+
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "CLIENT_AUTH_METHOD": "client_secret_basic"}
+    tenant = make_tenant()
+    make_credential(tenant, client_id="id:with+chars", client_secret="p+ss/w%rd:x")
+    get_token(tenant)
+    header = endpoint.requests[0].headers["Authorization"].split()[1]
+    assert base64.b64decode(header).decode() == "id%3Awith%2Bchars:p%2Bss%2Fw%25rd%3Ax"
+
+
+def test_a_model_that_is_not_the_tenant_model_is_refused(endpoint):
+    from tests.testapp.models import Organization
+
+    make_credential(make_tenant())
+    org = Organization.objects.create(code="x", title="X")
+    with pytest.raises(TypeError, match=r"django_getpaid_auth\.Tenant"):
+        get_session(org)
+    assert endpoint.count == 0
+
+
+def test_cache_outage_warning_is_not_repeated_every_retry(
+    endpoint, monkeypatch, all_logs, settings
+):
+    tenant = make_tenant()
+    make_credential(tenant)
+    monkeypatch.setattr(cache_backend, "shared", lambda: BrokenCache())
+    monkeypatch.setattr(cache_backend, "RETRY_SHARED_AFTER", 0.0)  # retry the cache every call
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "LOCAL_CACHE_TIMEOUT": 0}
+    for _ in range(5):
+        get_token(tenant)
+    assert all_logs.text.count("fetching getpaid tokens per process") == 1
