@@ -41,6 +41,7 @@ logger = logging.getLogger("django_getpaid_auth.token_client")
 USER_AGENT = f"django-getpaid-auth/{__version__} python-requests/{requests.__version__}"
 TRACE_HEADER = "Getpaid-Trace-Id"
 MAX_DESCRIPTION = 300
+MIN_SCRUB_LENGTH = 8
 
 _http = requests.Session()
 _http.headers["User-Agent"] = USER_AGENT
@@ -200,21 +201,25 @@ def _scrub(text: str, snapshot: CredentialSnapshot) -> str:
         secret = snapshot.client_secret()
     except Exception:
         return text
-    return text.replace(secret, "***") if secret else text
+    # Real client secrets are long (Auth0: 64 characters); masking a very short one would
+    # only garble the message, so those are left alone.
+    return text.replace(secret, "***") if len(secret) >= MIN_SCRUB_LENGTH else text
 
 
 def _error_for(
     response: requests.Response, snapshot: CredentialSnapshot, context: dict[str, str]
 ) -> TokenRequestError:
     status = response.status_code
-    error = description = ""
+    error = description = raw_error = raw_description = ""
     try:
         data = response.json()
     except ValueError:
         data = None
     if isinstance(data, dict):
-        error = _scrub(str(data.get("error", "")), snapshot)[:60]
-        description = _scrub(str(data.get("error_description", data.get("message", ""))), snapshot)
+        raw_error = str(data.get("error", ""))
+        raw_description = str(data.get("error_description", data.get("message", "")))
+        error = _scrub(raw_error, snapshot)[:60]
+        description = _scrub(raw_description, snapshot)
     fields: dict[str, Any] = {
         **context,
         "status": status,
@@ -222,7 +227,8 @@ def _error_for(
         "error_description": description,
         "trace_id": response.headers.get(TRACE_HEADER, ""),
     }
-    lowered = description.lower()
+    # Classify on what the server said; report the scrubbed version.
+    lowered = raw_description.lower()
     if status == 429:
         retry_after, quota = rate_limit_wait(response.headers)
         return RateLimitedError(
@@ -236,11 +242,11 @@ def _error_for(
         return TokenEndpointUnavailableError(
             f"Token endpoint answered {status} with {what}.", **fields
         )
-    if error == "unauthorized_client" or "grant type" in lowered:
+    if raw_error == "unauthorized_client" or "grant type" in lowered:
         return UnauthorizedClientError(
             "This client may not use the client_credentials grant.", **fields
         )
-    if error == "invalid_scope" or "granted scope" in lowered:
+    if raw_error == "invalid_scope" or "granted scope" in lowered:
         return InvalidScopeError("A requested scope was refused.", **fields)
     if "service not enabled" in lowered:
         return AudienceNotEnabledError(
@@ -252,7 +258,7 @@ def _error_for(
         or "not authorized to access" in lowered
     ):
         return ClientGrantMissingError("The client has no grant for this API.", **fields)
-    if status in (401, 403) or error in ("invalid_client", "access_denied"):
+    if status in (401, 403) or raw_error in ("invalid_client", "access_denied"):
         return InvalidClientError("getpaid rejected the client credentials.", **fields)
     if data is None:
         return TokenRequestError(

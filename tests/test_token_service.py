@@ -792,3 +792,13 @@ def test_cache_outage_warning_is_not_repeated_every_retry(
     for _ in range(5):
         get_token(tenant)
     assert all_logs.text.count("fetching getpaid tokens per process") == 1
+
+
+def test_a_secret_echoed_by_the_server_is_masked(endpoint, canary, all_logs):
+    tenant = make_tenant()
+    make_credential(tenant, client_secret=canary)
+    endpoint.fail_next(auth0_error(401, "access_denied", f"Unauthorized secret {canary}"))
+    with pytest.raises(InvalidClientError) as excinfo:
+        get_token(tenant)
+    assert canary not in str(excinfo.value) and canary not in all_logs.text
+    assert "Unauthorized secret ***" in str(excinfo.value)
