@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ from .exceptions import (
     TenantNotFoundError,
     UnknownEnvironmentError,
 )
+from .scopes import split_scopes
 
 logger = logging.getLogger("django_getpaid_auth")
 
@@ -283,3 +284,24 @@ def credential_changed(credential: Any) -> None:
     except Exception:  # unknown environment etc.: nothing cached under it anyway
         return
     token_store.forget(snapshot)
+    loaded = getattr(credential, "_loaded_identity", None)
+    if loaded and None not in loaded.values():
+        # The key of the token cached before this change: delete it, not just orphan it.
+        environment = getpaid_settings.environments.get(loaded["environment"])
+        if environment:
+            token_store.forget(
+                replace(
+                    snapshot,
+                    environment=loaded["environment"],
+                    client_id=loaded["client_id"],
+                    scopes=tuple(split_scopes(loaded["scopes"])),
+                    secret_version=loaded["secret_version"],
+                    audience=environment["AUDIENCE"],
+                )
+            )
+    credential._loaded_identity = {
+        "environment": credential.environment,
+        "client_id": credential.client_id,
+        "scopes": credential.scopes,
+        "secret_version": credential.secret_version,
+    }

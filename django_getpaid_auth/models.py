@@ -177,4 +177,9 @@ class ClientCredential(models.Model):
     def from_db(cls, db: Any, field_names: Any, values: Any) -> ClientCredential:
         instance = super().from_db(db, field_names, values)
         instance._loaded_secret = instance.__dict__.get("client_secret")
+        # What the token cache key was built from, so a change can delete the old token.
+        instance._loaded_identity = {
+            name: instance.__dict__.get(name)
+            for name in ("environment", "client_id", "scopes", "secret_version")
+        }
         return instance

@@ -802,3 +802,17 @@ def test_a_secret_echoed_by_the_server_is_masked(endpoint, canary, all_logs):
         get_token(tenant)
     assert canary not in str(excinfo.value) and canary not in all_logs.text
     assert "Unauthorized secret ***" in str(excinfo.value)
+
+
+def test_changing_the_secret_deletes_the_old_cached_token(endpoint):
+    from django_getpaid_auth import credentials, token_store
+
+    tenant = make_tenant()
+    make_credential(tenant)
+    credential = ClientCredential.objects.get(tenant=tenant)
+    get_token(tenant)
+    old_key = token_store.token_key(credentials.resolve(tenant))
+    assert cache_backend.get(old_key) is not None
+    credential.client_secret = "a-new-secret-value"
+    credential.save()
+    assert cache_backend.get(old_key) is None  # deleted, not merely unreachable
