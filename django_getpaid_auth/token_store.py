@@ -290,16 +290,35 @@ def _acceptable(
 
 
 def _refresh_or_keep(snapshot: CredentialSnapshot, current: AccessToken) -> AccessToken:
-    """In the refresh window: the lease winner refreshes; everyone else keeps ``current``."""
+    """In the refresh window: the lease winner starts a refresh in the background; every
+    caller, the winner included, keeps using ``current`` without waiting for it."""
     if cache_backend.get(refresh_pause_key(snapshot)) or remembered_failure(snapshot):
         return current
     owner = uuid.uuid4().hex
     if not cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
         return current
+    thread = threading.Thread(
+        target=_refresh_in_background,
+        args=(snapshot, current, owner),
+        name=f"getpaid-token-refresh-{snapshot.pk}",
+        daemon=True,
+    )
+    with _background_lock:
+        _background.add(thread)
+    thread.start()
+    return current
+
+
+_background: set[threading.Thread] = set()
+_background_lock = threading.Lock()
+
+
+def _refresh_in_background(snapshot: CredentialSnapshot, current: AccessToken, owner: str) -> None:
     try:
-        # A peer may have renewed it between our read and our lease: use theirs.
-        renewed = _acceptable(cache_backend.get(token_key(snapshot)), before_refresh=True)
-        return renewed if renewed is not None else _fetch(snapshot)
+        # A peer may have renewed it between our read and our lease: nothing to do then.
+        if _acceptable(cache_backend.get(token_key(snapshot)), before_refresh=True) is None:
+            _fetch(snapshot)
+            _clear_process_memo()
     except TokenRequestError as error:
         logger.warning(
             "Refreshing the getpaid token failed; the current one (valid until %s) stays in "
@@ -308,9 +327,25 @@ def _refresh_or_keep(snapshot: CredentialSnapshot, current: AccessToken) -> Acce
             error,
         )
         cache_backend.set(refresh_pause_key(snapshot), True, timeout=REFRESH_FAILURE_PAUSE)
-        return current
+    except Exception:  # never let a refresh thread die silently
+        logger.exception("Unexpected error while refreshing a getpaid token")
     finally:
         _release(snapshot, owner)
+        with _background_lock:
+            _background.discard(threading.current_thread())
+
+
+def wait_for_background_refreshes(timeout: float = 10.0) -> None:
+    """Block until running background refreshes finish (tests, graceful shutdown)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _background_lock:
+            threads = list(_background)
+        if not threads:
+            return
+        threads[0].join(max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            return
 
 
 def _lease_timeout() -> float:

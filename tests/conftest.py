@@ -12,23 +12,35 @@ from django_getpaid_auth import cache_backend, clock, credentials, service, toke
 
 @pytest.fixture(autouse=True)
 def _clean_state(settings):
-    """Every test starts with an empty cache and no process-local snapshots."""
-    from django.core.cache import caches
-
-    settings.GETPAID_AUTH = {
-        **settings.GETPAID_AUTH,
-        "CACHE_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
-    }
+    """Every test gets its own cache key prefix and no process-local state."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "CACHE_KEY_PREFIX": prefix}
     credentials.clear_local_snapshots()
     service.clear_memo()
     token_store._clear_decrypted()
     cache_backend.clear_fallback()
     yield
+    token_store.wait_for_background_refreshes()
     credentials.clear_local_snapshots()
     cache_backend.clear_fallback()
+    _delete_keys(prefix)
+
+
+def _delete_keys(prefix: str) -> None:
+    """Delete this test's keys only: a shared Redis may serve another run at the same time."""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    cache = caches["default"]
     try:
-        caches["default"].clear()
-    except Exception:  # Redis stopped by a test: nothing to clear
+        if isinstance(cache, LocMemCache):
+            cache.clear()
+        elif hasattr(cache, "_cache") and hasattr(cache._cache, "get_client"):
+            client = cache._cache.get_client(write=True)
+            keys = list(client.scan_iter(match=f"*:{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+    except Exception:  # a test stopped the cache server: nothing to clean
         pass
 
 

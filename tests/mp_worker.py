@@ -46,6 +46,9 @@ def main() -> None:
         w.start()
     for w in workers:
         w.join()
+    from django_getpaid_auth import token_store
+
+    token_store.wait_for_background_refreshes()  # a refresh started here must land
     print(json.dumps(results), flush=True)
 
 
