@@ -174,8 +174,11 @@ class ClientCredential(models.Model):
         return None
 
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> ClientCredential:
-        instance = super().from_db(db, field_names, values)
+    def from_db(
+        cls, db: Any, field_names: Any, values: Any, *args: Any, **kwargs: Any
+    ) -> ClientCredential:
+        # *args/**kwargs: Django 6.1 passes fetch_mode, older versions nothing.
+        instance = super().from_db(db, field_names, values, *args, **kwargs)
         instance._loaded_secret = instance.__dict__.get("client_secret")
         # What the token cache key was built from, so a change can delete the old token.
         instance._loaded_identity = {
