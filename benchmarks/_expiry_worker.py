@@ -31,13 +31,14 @@ def main() -> None:
     get = make_getter(config["library"], server, leeway=config["leeway"])
     latencies: list[float] = []
     errors: list[str] = []
+    slow: list[float] = []  # seconds after the start at which a call took >= 250 ms
     lock = threading.Lock()
     go_at, stop_at = config["go_at"], config["go_at"] + config["duration"]
 
     def loop() -> None:
         while time.time() < go_at:
             time.sleep(0.001)
-        mine, my_errors = [], []
+        mine, my_errors, my_slow = [], [], []
         while time.time() < stop_at:
             started = time.perf_counter()
             try:
@@ -46,17 +47,21 @@ def main() -> None:
                     my_errors.append(f"HTTP {status}")
             except Exception as exc:  # counted and reported, never hidden
                 my_errors.append(type(exc).__name__)
-            mine.append(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            mine.append(took)
+            if took >= 0.25:
+                my_slow.append(round(time.time() - go_at, 2))
         with lock:
             latencies.extend(mine)
             errors.extend(my_errors)
+            slow.extend(my_slow)
 
     threads = [threading.Thread(target=loop) for _ in range(config["threads"])]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    print(json.dumps({"latencies": latencies, "errors": errors}), flush=True)
+    print(json.dumps({"latencies": latencies, "errors": errors, "slow": sorted(slow)}), flush=True)
 
 
 if __name__ == "__main__":
