@@ -44,13 +44,12 @@ from .tokens import from_timestamp
 
 logger = logging.getLogger("django_getpaid_auth.admin")
 
-BADGE = (
-    "display:inline-block;padding:1px 6px;border-radius:3px;font-weight:bold;white-space:nowrap;"
-)
-RED_BADGE = BADGE + "background:#ba2121;color:#fff;"
-GREEN_BADGE = BADGE + "background:#417505;color:#fff;"
-GREY_BADGE = BADGE + "background:#999;color:#fff;font-weight:normal;"
-ORANGE_BADGE = BADGE + "background:#c86400;color:#fff;"
+# CSS classes from static/django_getpaid_auth/admin.css (no inline styles: a strict
+# Content-Security-Policy may forbid them).
+RED_BADGE = "gpa-badge gpa-badge-red"
+GREEN_BADGE = "gpa-badge gpa-badge-green"
+GREY_BADGE = "gpa-badge gpa-badge-grey"
+ORANGE_BADGE = "gpa-badge gpa-badge-orange"
 
 
 # --- secret and token state, computed without I/O per row ------------------------------
@@ -163,12 +162,12 @@ def format_moment(moment: datetime) -> str:
 def render_token_state(state: TokenState) -> SafeString:
     if state.kind == "error":
         return format_html(
-            '<span style="{}" title="{}">{}</span>', RED_BADGE, state.error, _short(state.error)
+            '<span class="{}" title="{}">{}</span>', RED_BADGE, state.error, _short(state.error)
         )
     if state.kind == "expired":
         assert state.expires_at is not None
         return format_html(
-            '<span style="{}" title="{}">{}</span>',
+            '<span class="{}" title="{}">{}</span>',
             GREY_BADGE,
             gettext("Expired at %(when)s") % {"when": format_moment(state.expires_at)},
             gettext("expired"),
@@ -181,19 +180,19 @@ def render_token_state(state: TokenState) -> SafeString:
         if state.refresh_due:
             label = gettext("%(label)s (refresh due)") % {"label": label}
         return format_html(
-            '<span style="{}" title="{}">{}</span>',
+            '<span class="{}" title="{}">{}</span>',
             ORANGE_BADGE if state.refresh_due else GREEN_BADGE,
             gettext("Expires at %(when)s") % {"when": format_moment(state.expires_at)},
             label,
         )
     if state.last_error:
         return format_html(
-            '<span style="{}" title="{}">{}</span>',
+            '<span class="{}" title="{}">{}</span>',
             RED_BADGE,
             state.last_error,
             gettext("last error: %(error)s") % {"error": _short(state.last_error, 60)},
         )
-    return format_html('<span style="color:#999">{}</span>', gettext("no token"))
+    return format_html('<span class="gpa-muted">{}</span>', gettext("no token"))
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -282,6 +281,9 @@ class CredentialChangeList(ChangeList):
 
 @admin.register(ClientCredential)
 class ClientCredentialAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["django_getpaid_auth/admin.css"]}
+
     form = ClientCredentialForm
     list_display = [
         "tenant",
@@ -374,12 +376,12 @@ class ClientCredentialAdmin(admin.ModelAdmin):
     def environment_badge(self, obj: ClientCredential) -> SafeString:
         label = obj.get_environment_display()
         if obj.environment == "live":
-            return format_html('<span style="{}">{}</span>', RED_BADGE, str(label).upper())
-        return format_html('<span style="color:#666">{}</span>', label)
+            return format_html('<span class="{}">{}</span>', RED_BADGE, str(label).upper())
+        return format_html('<span class="gpa-dim">{}</span>', label)
 
     @admin.display(description=_("client ID"), ordering="client_id")
     def masked_client_id(self, obj: ClientCredential) -> SafeString:
-        return format_html('<code style="white-space:nowrap">{}</code>', mask(obj.client_id))
+        return format_html('<code class="gpa-nowrap">{}</code>', mask(obj.client_id))
 
     @admin.display(description=_("requested scopes"))
     def requested_scopes(self, obj: ClientCredential) -> SafeString:
@@ -399,7 +401,7 @@ class ClientCredentialAdmin(admin.ModelAdmin):
         parts = format_html_join(" ", "<code>{}</code>", ((s,) for s in granted))
         if missing:
             return format_html(
-                '{} <span style="color:#ba2121" title="{}">{}</span>',
+                '{} <span class="gpa-bad" title="{}">{}</span>',
                 parts,
                 gettext("Requested but not granted at the last check"),
                 gettext("missing: %(scopes)s") % {"scopes": " ".join(missing)},
@@ -416,12 +418,12 @@ class ClientCredentialAdmin(admin.ModelAdmin):
     @admin.display(description=_("last check"), ordering="last_checked_at")
     def last_check(self, obj: ClientCredential) -> SafeString:
         if obj.last_checked_at is None:
-            return format_html('<span style="color:#999">{}</span>', gettext("never"))
+            return format_html('<span class="gpa-muted">{}</span>', gettext("never"))
         when = formats.localize(timezone.localtime(obj.last_checked_at))
         if obj.last_check_ok:
-            return format_html('<span style="color:#417505;white-space:nowrap">✔ {}</span>', when)
+            return format_html('<span class="gpa-good gpa-nowrap">✔ {}</span>', when)
         return format_html(
-            '<span style="color:#ba2121" title="{}">✘ {}</span>',
+            '<span class="gpa-bad" title="{}">✘ {}</span>',
             obj.last_check_error or gettext("failed"),
             when,
         )
@@ -432,7 +434,7 @@ class ClientCredentialAdmin(admin.ModelAdmin):
     def secret_status(self, obj: ClientCredential) -> SafeString:
         problem = secret_problem(obj)
         if problem:
-            return format_html('<span style="{}">{}</span>', RED_BADGE, problem)
+            return format_html('<span class="{}">{}</span>', RED_BADGE, problem)
         if obj.secret_changed_at is None:
             return format_html("{}", gettext("stored (write-only)"))
         return format_html(
@@ -470,11 +472,9 @@ class ClientCredentialAdmin(admin.ModelAdmin):
             return format_html("{}", gettext("never checked"))
         when = formats.localize(timezone.localtime(obj.last_checked_at))
         if obj.last_check_ok:
-            return format_html(
-                '<span style="color:#417505">✔ {} · {}</span>', gettext("passed"), when
-            )
+            return format_html('<span class="gpa-good">✔ {} · {}</span>', gettext("passed"), when)
         return format_html(
-            '<span style="color:#ba2121">✘ {} · {}</span><br>{}',
+            '<span class="gpa-bad">✘ {} · {}</span><br>{}',
             gettext("failed"),
             when,
             obj.last_check_error,
@@ -635,6 +635,9 @@ class ClientCredentialInline(admin.TabularInline):
     tenant model can add this inline to their tenant admin.
     """
 
+    class Media:
+        css = {"all": ["django_getpaid_auth/admin.css"]}
+
     model = ClientCredential
     form = InlineClientCredentialForm
     formset = ClientCredentialInlineFormSet
@@ -675,6 +678,9 @@ class ClientCredentialInline(admin.TabularInline):
 
 
 class TenantAdmin(admin.ModelAdmin):
+    class Media:
+        css = {"all": ["django_getpaid_auth/admin.css"]}
+
     list_display = ["name", "slug", "credential_count"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}

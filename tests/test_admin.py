@@ -234,7 +234,8 @@ def test_list_columns(admin_client_for, superuser, credential):
     assert mask(credential.client_id) in html
     assert credential.client_id not in html
     assert live.client_id not in html
-    assert re.search(r'<span style="[^"]*background:#ba2121[^"]*">LIVE</span>', html)
+    assert re.search(r'<span class="gpa-badge gpa-badge-red">LIVE</span>', html)
+    assert "django_getpaid_auth/admin.css" in html  # the badge colours come from here
     assert "payments:read" in html and "accounts:read" in html
     assert "no token" in html
     assert "never" in html  # last check

@@ -111,7 +111,11 @@ def test_credentials_admin_in_chromium(transactional_db, live_server, django_use
             assert re.fullmatch(r"expires in \d\d:\d\d", expiry.first.inner_text().strip())
             assert (expiry.first.get_attribute("title") or "").startswith("Expires at ")
             assert page.locator("td.field-token_status", has_text="no token").count() == 1
-            assert page.locator("td.field-environment_badge span", has_text="LIVE").is_visible()
+            live = page.locator("td.field-environment_badge span", has_text="LIVE")
+            assert live.is_visible()
+            # the badge colours come from the app's stylesheet (no inline styles)
+            background = live.evaluate("e => getComputedStyle(e).backgroundColor")
+            assert background == "rgb(186, 33, 33)"
             assert mask("acme-live-client-0002") in page.content()
             html = page.content()
             assert canary not in html and "BROWSER-TOKEN" not in html
