@@ -833,3 +833,34 @@ def test_tenant_changelist_search(admin_client_for, superuser):
     make_tenant("beta", "Beta Inc")
     response = admin_client_for(superuser).get(url(f"{TENANT}_changelist"), {"q": "alpha"})
     assert [t.slug for t in response.context["cl"].result_list] == ["alpha"]
+
+
+def test_test_connection_runs_rows_concurrently(admin_client_for, superuser, fake_getpaid_settings):
+    import time
+
+    fake = fake_getpaid_settings
+    fake.token_latency = 0.3
+    rows = []
+    for i in range(8):
+        row = make_credential(client_id=f"conc-client-{i}", client_secret=f"conc-secret-{i}")
+        fake.register_client(row.client_id, f"conc-secret-{i}")
+        rows.append(row)
+    started = time.monotonic()
+    response = run_action(admin_client_for(superuser), "test_connection", *rows)
+    elapsed = time.monotonic() - started
+    assert [lvl for lvl, _ in messages_of(response)] == ["success"] * 8
+    assert fake.token_request_count() == 8
+    assert elapsed < 8 * 0.3 / 2  # one at a time would take 2.4 s
+
+
+def test_test_connection_refuses_too_many_rows(
+    admin_client_for, superuser, fake_getpaid_settings, monkeypatch
+):
+    from django_getpaid_auth import admin as gpa_admin
+
+    monkeypatch.setattr(gpa_admin, "MAX_TESTED_ROWS", 2)
+    rows = [make_credential(client_id=f"many-{i}") for i in range(3)]
+    response = run_action(admin_client_for(superuser), "test_connection", *rows)
+    assert [lvl for lvl, _ in messages_of(response)] == ["warning"]
+    assert "getpaid_check" in messages_of(response)[0][1]
+    assert fake_getpaid_settings.token_request_count() == 0
