@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -63,9 +64,15 @@ def refresh_pause_key(snapshot: CredentialSnapshot) -> str:
 # An entry is a dict: {"ct": Fernet ciphertext of the token payload, "exp": epoch,
 # "refresh": epoch}. Expiry data stays readable so staleness needs no decryption.
 
-_decrypted: OrderedDict[str, AccessToken] = OrderedDict()
+# Decrypted tokens by a 16-byte digest of their ciphertext (not the ~1 KiB ciphertext
+# itself): the cache hands back the same ciphertext until the token changes.
+_decrypted: OrderedDict[bytes, AccessToken] = OrderedDict()
 _decrypted_lock = threading.Lock()
 MAX_DECRYPTED = 20_000
+
+
+def _digest(ciphertext: str) -> bytes:
+    return hashlib.blake2b(ciphertext.encode("ascii"), digest_size=16).digest()
 
 
 @on_settings_reset
@@ -88,7 +95,7 @@ def make_entry(token: AccessToken) -> dict[str, Any]:
     skew = getpaid_settings.clock_skew(max(1.0, token.lifetime))
     ciphertext = crypto.encrypt(json.dumps(token.to_payload()))
     with _decrypted_lock:
-        _decrypted[ciphertext] = token
+        _decrypted[_digest(ciphertext)] = token
     return {
         "ct": ciphertext,
         "exp": expires,
@@ -101,7 +108,8 @@ def token_of(entry: dict[str, Any]) -> AccessToken | None:
     ciphertext = entry.get("ct")
     if not isinstance(ciphertext, str):
         return None
-    token = _decrypted.get(ciphertext)
+    digest = _digest(ciphertext)
+    token = _decrypted.get(digest)
     if token is not None:
         return token
     try:
@@ -110,7 +118,7 @@ def token_of(entry: dict[str, Any]) -> AccessToken | None:
         logger.warning("Ignoring a cached token that cannot be decrypted (keys changed?).")
         return None
     with _decrypted_lock:
-        _decrypted[ciphertext] = token
+        _decrypted[digest] = token
         while len(_decrypted) > MAX_DECRYPTED:
             _decrypted.popitem(last=False)
     return token
