@@ -578,28 +578,14 @@ class ClientCredentialAdmin(admin.ModelAdmin):
     def _check(self, credential: ClientCredential) -> connectivity.CheckResult:
         problem = secret_problem(credential)
         if not problem:
-            try:
+            try:  # check_credential reports getpaid/configuration problems itself
                 return connectivity.check_credential(credential, use_cache=False)
-            except (crypto.InvalidToken, GetpaidAuthError) as exc:
-                problem = (
-                    str(_("cannot decrypt: check ENCRYPTION_KEYS"))
-                    if isinstance(exc, crypto.InvalidToken)
-                    else str(exc)
-                )
             except Exception as exc:  # a bug must not abort the other rows' checks
                 logger.exception("Connection test of credential pk=%s crashed", credential.pk)
                 problem = gettext("unexpected error (%(type)s); see the server log") % {
                     "type": type(exc).__name__
                 }
-        return connectivity.CheckResult(
-            credential_id=credential.pk,
-            tenant=str(credential.tenant),
-            environment=credential.environment,
-            client_id=mask(credential.client_id),
-            requested_scopes=credential.scope_list,
-            error=problem,
-            error_type="CredentialUnusable",
-        )
+        return connectivity.result_for(credential, error=problem, error_type="CredentialUnusable")
 
     @admin.action(description=_("Clear cached token"), permissions=["clear_token"])
     def clear_cached_token(

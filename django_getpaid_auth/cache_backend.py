@@ -25,7 +25,6 @@ logger = logging.getLogger("django_getpaid_auth.cache")
 RETRY_SHARED_AFTER = 1.0
 
 _fallback = LocMemCache("django-getpaid-auth-fallback", {"OPTIONS": {"MAX_ENTRIES": 100_000}})
-_state = threading.local()
 _down_until = 0.0
 _lock = threading.Lock()
 

@@ -60,17 +60,26 @@ class CheckResult:
         }
 
 
-def check_credential(
-    credential: ClientCredential, *, use_cache: bool = False, probe_api: bool = False
+def result_for(
+    credential: ClientCredential, *, error: str = "", error_type: str = ""
 ) -> CheckResult:
-    """Check one credential; never raises for a getpaid/configuration problem."""
-    result = CheckResult(
+    """A result describing ``credential`` (failed when ``error`` is given), no check run."""
+    return CheckResult(
         credential_id=credential.pk,
         tenant=str(credential.tenant),
         environment=credential.environment,
         client_id=mask(credential.client_id),
         requested_scopes=credential.scope_list,
+        error=error,
+        error_type=error_type,
     )
+
+
+def check_credential(
+    credential: ClientCredential, *, use_cache: bool = False, probe_api: bool = False
+) -> CheckResult:
+    """Check one credential; never raises for a getpaid/configuration problem."""
+    result = result_for(credential)
     started = time.monotonic()
     try:
         snapshot = credentials.snapshot_of(credential, credentials.read_generation())

@@ -67,11 +67,6 @@ def describe(instance: models.Model) -> str:
     return ", ".join(parts) or "unsaved"
 
 
-def is_stored_ciphertext(instance: models.Model, attname: str) -> bool:
-    """True when the attribute still holds what the database gave (not a new plaintext)."""
-    return isinstance(instance.__dict__.get(attname), Ciphertext)
-
-
 class EncryptedTextField(models.TextField):
     """Stores ``str`` values encrypted with ``GETPAID_AUTH["ENCRYPTION_KEYS"]``."""
 

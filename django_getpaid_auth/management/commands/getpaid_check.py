@@ -54,10 +54,10 @@ from django.core.management.base import (
 
 from django_getpaid_auth import cache_backend, clock, connectivity, crypto, token_store
 from django_getpaid_auth.conf import getpaid_settings
-from django_getpaid_auth.connectivity import CheckResult
+from django_getpaid_auth.connectivity import CheckResult, result_for
 from django_getpaid_auth.credentials import snapshot_of
 from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError
-from django_getpaid_auth.models import ClientCredential, Environment, get_tenant_model, mask
+from django_getpaid_auth.models import ClientCredential, Environment, get_tenant_model
 
 DEFAULT_WORKERS = 8
 USAGE_ERROR = 2
@@ -393,12 +393,8 @@ def _cached_fingerprint(credential: ClientCredential, expires_at: datetime) -> s
 
 def _crashed(credential: ClientCredential, exc: Exception) -> CheckResult:
     """A failed result for an unexpected exception; its message may hold anything, so omit it."""
-    return CheckResult(
-        credential_id=credential.pk,
-        tenant=str(credential.tenant),
-        environment=credential.environment,
-        client_id=mask(credential.client_id),
-        requested_scopes=credential.scope_list,
+    return result_for(
+        credential,
         error=f"Unexpected error during the check: {type(exc).__name__}",
         error_type=type(exc).__name__,
     )
