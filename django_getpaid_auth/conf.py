@@ -64,6 +64,19 @@ DEFAULTS: dict[str, Any] = {
     "CONFIG_ERROR_BACKOFF": 60,
     # Field of the tenant model that get_session("key") looks up.
     "TENANT_KEY_FIELD": "slug",
+    # A process re-reads a credential (and what a tenant key points at) from the database
+    # at least this often, even when no change was announced through the cache: the bound
+    # on staleness after QuerySet.update(), raw SQL or an announcement lost with a process.
+    "CREDENTIAL_RECHECK_INTERVAL": 60.0,
+    # One token request, start to end (connect, headers and body), may take this long.
+    "TOKEN_REQUEST_DEADLINE": 30.0,
+    # A token endpoint answer larger than this is refused as malformed.
+    "MAX_TOKEN_RESPONSE_BYTES": 65536,
+    # Background refreshes (tokens in their refresh window) running at once per process.
+    "MAX_BACKGROUND_REFRESHES": 4,
+    # After the API rejects a freshly fetched token with 401, no new token is fetched on a
+    # 401 for this many seconds (the 401 is returned): protects Auth0's rate limit and quota.
+    "UNAUTHORIZED_REFETCH_PAUSE": 30.0,
 }
 
 
