@@ -10,3 +10,5 @@ class GetpaidAuthConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, signals  # noqa: F401  (registers checks and receivers)
+
+        signals.connect_tenant_receivers()

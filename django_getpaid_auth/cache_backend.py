@@ -4,10 +4,16 @@ If the cache backend raises (Redis down, network split), calls fall back to a pr
 in-process cache for a short while and a warning is logged: tokens are then fetched per
 process instead of shared, but no caller fails because of the cache. The shared cache is
 tried again after ``RETRY_SHARED_AFTER`` seconds, so sharing resumes on its own.
+
+Writes that other processes must see (a credential change announcement) are never lost
+to an outage: ``write_shared`` keeps a failed write and replays it, in order, as soon as
+the shared cache answers again (on the next call, or from a background retry).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -64,6 +70,8 @@ def _mark_down(exc: Exception) -> None:
 
 def _call(method: str, *args: Any, **kwargs: Any) -> Any:
     if not is_degraded():
+        if _pending:
+            flush_pending()
         try:
             return getattr(shared(), method)(*args, **kwargs)
         except Exception as exc:  # any backend error: degrade, never fail the caller
@@ -112,9 +120,93 @@ def incr(name: str) -> int | None:
     return _incr(_fallback)
 
 
+# --- writes that must reach the shared cache ---------------------------------------------
+
+_pending: list[tuple[str, tuple[Any, ...]]] = []
+_pending_lock = threading.Lock()
+_retry_timer: list[threading.Timer] = []
+RETRY_PENDING_MAX = 30.0
+
+
+def write_shared(method: str, *args: Any) -> bool:
+    """Run a cache write that every process must see; True when it reached the shared cache.
+
+    The write is applied to the private fallback at once (this process sees it even while
+    degraded); if the shared cache fails, it is kept and replayed, after the writes queued
+    before it, until the shared cache takes it.
+    """
+    getattr(_fallback, method)(*args)
+    with _pending_lock:
+        _pending.append((method, args))
+    return flush_pending()
+
+
+def flush_pending() -> bool:
+    """Replay queued writes in order; False (and a retry scheduled) if the cache still fails."""
+    with _pending_lock:
+        while _pending:
+            method, args = _pending[0]
+            try:
+                getattr(shared(), method)(*args)
+            except Exception as exc:  # still down: keep the write, try again later
+                _mark_down(exc)
+                _schedule_retry(RETRY_SHARED_AFTER)
+                return False
+            _pending.pop(0)
+    return True
+
+
+def pending_writes() -> int:
+    return len(_pending)
+
+
+def _schedule_retry(delay: float) -> None:
+    with _lock:
+        if _retry_timer and _retry_timer[0].is_alive():
+            return
+        timer = threading.Timer(delay, _retry_pending, args=(delay,))
+        timer.daemon = True
+        timer.name = "getpaid-cache-replay"
+        _retry_timer[:] = [timer]
+    timer.start()
+
+
+def _retry_pending(delay: float) -> None:
+    with _lock:
+        _retry_timer.clear()
+    with _pending_lock:
+        if not _pending:
+            return
+        method, args = _pending[0]
+    try:
+        getattr(shared(), method)(*args)
+    except Exception:
+        _schedule_retry(min(RETRY_PENDING_MAX, delay * 2))
+        return
+    with _pending_lock:
+        if _pending and _pending[0] == (method, args):
+            _pending.pop(0)
+    if _pending:
+        flush_pending()
+    else:
+        logger.warning(
+            "Cache %r is back: queued credential announcements delivered.",
+            getpaid_settings.CACHE_ALIAS,
+        )
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _pending:
+        with contextlib.suppress(Exception):  # interpreter shutting down: nothing more
+            flush_pending()
+
+
 def clear_fallback() -> None:
-    """Tests: forget what was cached while degraded."""
+    """Tests: forget what was cached while degraded, and any queued write."""
     global _down_until, _last_warning
+    with _pending_lock:
+        _pending.clear()
     _fallback.clear()
     _down_until = 0.0
     _last_warning = -WARN_EVERY

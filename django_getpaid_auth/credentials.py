@@ -1,15 +1,23 @@
 """tenant -> credential: find a tenant's active credential, with zero SQL when warm.
 
-Each process keeps a small snapshot of every credential it has used. A generation
-counter in the shared cache, bumped whenever any credential is saved or deleted, tells
-every process (not just the one that saved) when its snapshots are out of date.
+Each process keeps a small snapshot of every credential it has used. A generation value
+in the shared cache, replaced by a new random value whenever a credential is saved or
+deleted or a tenant's key changes (after the transaction commits), tells every process
+(not just the one that saved) when its snapshots are out of date. Generation values never
+repeat, so a counter lost to a cache flush cannot come back at a value a process already
+holds; a missing or malformed value is simply "unknown", and differs from every snapshot
+filed under a real one. Whatever the announcements, a snapshot is re-read from the
+database after ``CREDENTIAL_RECHECK_INTERVAL`` seconds: the bound on staleness for
+changes that send no signal (``QuerySet.update``, raw SQL).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
+import uuid
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -17,7 +25,7 @@ from urllib.parse import urlsplit
 
 from django.db import models
 
-from . import cache_backend
+from . import cache_backend, clock
 from .conf import getpaid_settings, on_settings_reset
 from .exceptions import (
     AmbiguousEnvironmentError,
@@ -47,7 +55,12 @@ class CredentialSnapshot:
     audience: str
     api_url: str
     secret_version: str
-    generation: int
+    generation: str | None
+    loaded_at: float = field(default_factory=lambda: clock.now(), compare=False)
+
+    def due_for_recheck(self) -> bool:
+        """Old enough to be read from the database again, announced change or not."""
+        return clock.now() - self.loaded_at >= float(getpaid_settings.CREDENTIAL_RECHECK_INTERVAL)
 
     @cached_property
     def cache_id(self) -> str:
@@ -100,7 +113,7 @@ class CredentialSnapshot:
             ) from None
 
 
-def snapshot_of(credential: Any, generation: int) -> CredentialSnapshot:
+def snapshot_of(credential: Any, generation: str | None) -> CredentialSnapshot:
     environments = getpaid_settings.environments
     if credential.environment not in environments:
         raise UnknownEnvironmentError(
@@ -124,10 +137,10 @@ def snapshot_of(credential: Any, generation: int) -> CredentialSnapshot:
     )
 
 
-# --- generation counter shared through the cache -------------------------------------
-
+# --- generation value shared through the cache ---------------------------------------
 
 _generation_key: list[str] = []
+_GENERATION = re.compile(r"[0-9a-f]{32}")
 
 
 def generation_key() -> str:
@@ -136,15 +149,30 @@ def generation_key() -> str:
     return _generation_key[0]
 
 
-def read_generation() -> int:
-    value = cache_backend.get(generation_key())
-    return int(value) if isinstance(value, int) else 0
+def parse_generation(value: Any) -> str | None:
+    """A generation as stored by ``bump_generation``; anything else reads as unknown."""
+    return value if isinstance(value, str) and _GENERATION.fullmatch(value) else None
+
+
+def read_generation() -> str | None:
+    return parse_generation(cache_backend.get(generation_key()))
 
 
 def bump_generation() -> None:
-    key = generation_key()
-    if not cache_backend.incr(key):
-        cache_backend.set(key, 1, timeout=None)
+    """Tell every process that credentials changed: a new, never-repeating value.
+
+    If the shared cache cannot take it now, the write is queued and replayed until it
+    lands (see ``cache_backend.write_shared``): an announcement is never dropped.
+    """
+    if not cache_backend.write_shared("set", generation_key(), uuid.uuid4().hex, None):
+        logger.warning(
+            "Could not announce a getpaid credential change through cache %r; retrying in "
+            "the background. Other processes see the change when it lands, and at the latest "
+            "after CREDENTIAL_RECHECK_INTERVAL (%ss).",
+            getpaid_settings.CACHE_ALIAS,
+            getpaid_settings.CREDENTIAL_RECHECK_INTERVAL,
+        )
+    clear_local_snapshots()
 
 
 # --- process-local snapshots ---------------------------------------------------------
@@ -190,22 +218,33 @@ def lookup_key(tenant: TenantRef, environment: str | None) -> tuple[Any, ...]:
 
 
 def cached_snapshot(tenant: TenantRef, environment: str | None) -> CredentialSnapshot | None:
-    """The snapshot this process already has, without any I/O."""
-    return _snapshots.get(lookup_key(tenant, environment))
+    """The snapshot this process already has, without any I/O (None when due for recheck)."""
+    snapshot = _snapshots.get(lookup_key(tenant, environment))
+    if snapshot is None or snapshot.due_for_recheck():
+        return None
+    return snapshot
+
+
+_UNREAD: Any = object()
 
 
 def resolve(
-    tenant: TenantRef, environment: str | None = None, *, generation: int | None = None
+    tenant: TenantRef, environment: str | None = None, *, generation: Any = _UNREAD
 ) -> CredentialSnapshot:
     """The tenant's active credential for ``environment``; SQL only when not warm.
 
-    ``generation`` is the shared counter if the caller has already read it.
+    ``generation`` is the shared value if the caller has already read it. It must be read
+    before the row: a change committed in between then shows up as a newer generation.
     """
     key = lookup_key(tenant, environment)
-    if generation is None:
+    if generation is _UNREAD:
         generation = read_generation()
     snapshot = _snapshots.get(key)
-    if snapshot is not None and snapshot.generation == generation:
+    if (
+        snapshot is not None
+        and snapshot.generation == generation
+        and not snapshot.due_for_recheck()
+    ):
         return snapshot
     snapshot = _load(tenant, environment, generation)
     with _lock:
@@ -225,7 +264,7 @@ def _describe(tenant: TenantRef) -> str:
     return repr(tenant)
 
 
-def _load(tenant: TenantRef, environment: str | None, generation: int) -> CredentialSnapshot:
+def _load(tenant: TenantRef, environment: str | None, generation: str | None) -> CredentialSnapshot:
     from .models import ClientCredential, get_tenant_model
 
     if environment is not None and environment not in getpaid_settings.environments:
@@ -271,25 +310,19 @@ def _load(tenant: TenantRef, environment: str | None, generation: int) -> Creden
     )
 
 
-def credential_changed(credential: Any) -> None:
-    """After save/delete: forget its token and failure memory, and reload everywhere."""
-    from . import token_store
-    from .service import clear_memo
-
-    bump_generation()
-    clear_local_snapshots()
-    clear_memo()
+def identities_of(credential: Any) -> list[CredentialSnapshot]:
+    """Snapshots under whose cache keys ``credential``'s tokens may be cached right now:
+    its current identity and the one it was loaded with (before this change)."""
     try:
-        snapshot = snapshot_of(credential, generation=0)
+        snapshot = snapshot_of(credential, generation=None)
     except Exception:  # unknown environment etc.: nothing cached under it anyway
-        return
-    token_store.forget(snapshot)
+        return []
+    found = [snapshot]
     loaded = getattr(credential, "_loaded_identity", None)
     if loaded and None not in loaded.values():
-        # The key of the token cached before this change: delete it, not just orphan it.
         environment = getpaid_settings.environments.get(loaded["environment"])
         if environment:
-            token_store.forget(
+            found.append(
                 replace(
                     snapshot,
                     environment=loaded["environment"],
@@ -305,3 +338,21 @@ def credential_changed(credential: Any) -> None:
         "scopes": credential.scopes,
         "secret_version": credential.secret_version,
     }
+    return found
+
+
+def credential_changed(credential: Any) -> None:
+    """After save/delete, once committed: forget its tokens and failure memory everywhere,
+    and make every process reload its snapshots."""
+    announce_committed_change(identities_of(credential))
+
+
+def announce_committed_change(identities: list[CredentialSnapshot]) -> None:
+    """The change is in the database: tell every process, then drop the old tokens."""
+    from . import token_store
+    from .service import clear_memo
+
+    bump_generation()
+    clear_memo()
+    for snapshot in identities:
+        token_store.forget(snapshot, everywhere=True)

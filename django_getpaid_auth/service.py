@@ -61,8 +61,7 @@ def _read_through(
     gen_key = credentials.generation_key()
     tok_key = token_store.token_key(snapshot)
     values = cache_backend.get_many([gen_key, tok_key])
-    generation = values.get(gen_key)
-    generation = generation if isinstance(generation, int) else 0
+    generation = credentials.parse_generation(values.get(gen_key))
     if generation != snapshot.generation:
         snapshot = credentials.resolve(tenant, environment, generation=generation)
         return snapshot, token_store.get(snapshot, force_refresh=force_refresh)
@@ -86,5 +85,4 @@ def get_token(
 def invalidate_token(tenant: TenantRef, environment: str | None = None) -> None:
     """Drop the tenant's cached token; the next call requests a new one."""
     snapshot = credentials.resolve(tenant, environment)
-    cache_backend.delete(token_store.token_key(snapshot))
-    clear_memo()
+    token_store.forget_token(snapshot)

@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -40,6 +42,12 @@ logger = logging.getLogger("django_getpaid_auth.token_store")
 POLL_INTERVAL = 0.02
 POLL_INTERVAL_MAX = 0.2
 REFRESH_FAILURE_PAUSE = 5.0  # after a failed background refresh, others wait this long
+MAX_FAILURE_MEMORY = 24 * 3600.0  # no remembered failure (or Retry-After) lasts longer
+DEFAULT_RATE_LIMIT_WAIT = 60.0  # a 429 that says nothing of when to come back
+# Epoch seconds a cache entry may hold: later than 2001, earlier than 2500. Anything
+# else under our keys is garbage (or an attack) and reads as "nothing cached".
+_MIN_EPOCH, _MAX_EPOCH = 1e9, 1.7e10
+MAX_CIPHERTEXT = 64 * 1024
 
 # --- keys ----------------------------------------------------------------------------
 
@@ -62,17 +70,29 @@ def refresh_pause_key(snapshot: CredentialSnapshot) -> str:
 
 # --- cache entries -------------------------------------------------------------------
 # An entry is a dict: {"ct": Fernet ciphertext of the token payload, "exp": epoch,
-# "refresh": epoch}. Expiry data stays readable so staleness needs no decryption.
+# "refresh": epoch, "until": epoch}. Expiry data stays readable so staleness needs no
+# decryption. The encrypted payload names the cache key it was written under, so an entry
+# copied under another credential's key is refused. Anything else found under our keys
+# (wrong types, non-numbers, absurd times) is treated as absent, never as an error.
 
-# Decrypted tokens by a 16-byte digest of their ciphertext (not the ~1 KiB ciphertext
-# itself): the cache hands back the same ciphertext until the token changes.
+# Decrypted tokens by a 16-byte digest of their cache key and ciphertext (not the ~1 KiB
+# ciphertext itself): the cache hands back the same ciphertext until the token changes.
 _decrypted: OrderedDict[bytes, AccessToken] = OrderedDict()
 _decrypted_lock = threading.Lock()
 MAX_DECRYPTED = 20_000
 
 
-def _digest(ciphertext: str) -> bytes:
-    return hashlib.blake2b(ciphertext.encode("ascii"), digest_size=16).digest()
+def _digest(key: str, ciphertext: str) -> bytes:
+    data = f"{key}\x00{ciphertext}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _epoch(value: Any) -> float | None:
+    """``value`` as epoch seconds if it is a plausible one, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if _MIN_EPOCH <= number <= _MAX_EPOCH else None
 
 
 @on_settings_reset
@@ -90,12 +110,13 @@ def refresh_time(token: AccessToken) -> float:
     return max(token.obtained_at.timestamp(), expires - margin - skew)
 
 
-def make_entry(token: AccessToken) -> dict[str, Any]:
+def make_entry(snapshot: CredentialSnapshot, token: AccessToken) -> dict[str, Any]:
     expires = token.expires_at.timestamp()
     skew = getpaid_settings.clock_skew(max(1.0, token.lifetime))
-    ciphertext = crypto.encrypt(json.dumps(token.to_payload()))
+    key = token_key(snapshot)
+    ciphertext = crypto.encrypt(json.dumps({**token.to_payload(), "key": key}))
     with _decrypted_lock:
-        _decrypted[_digest(ciphertext)] = token
+        _decrypted[_digest(key, ciphertext)] = token
     return {
         "ct": ciphertext,
         "exp": expires,
@@ -104,18 +125,32 @@ def make_entry(token: AccessToken) -> dict[str, Any]:
     }
 
 
-def token_of(entry: dict[str, Any]) -> AccessToken | None:
-    ciphertext = entry.get("ct")
-    if not isinstance(ciphertext, str):
+def token_of(snapshot: CredentialSnapshot, entry: Any) -> AccessToken | None:
+    """The token in ``entry`` (read under ``snapshot``'s key), or None if it is not one."""
+    if not is_entry(entry):
         return None
-    digest = _digest(ciphertext)
+    ciphertext = entry["ct"]
+    key = token_key(snapshot)
+    digest = _digest(key, ciphertext)
     token = _decrypted.get(digest)
     if token is not None:
         return token
     try:
-        token = AccessToken.from_payload(json.loads(crypto.decrypt(ciphertext)))
-    except (crypto.InvalidToken, ValueError, KeyError, TypeError):
+        payload = json.loads(crypto.decrypt(ciphertext))
+        if not isinstance(payload, dict) or payload.get("key") != key:
+            logger.warning(
+                "Ignoring a cached getpaid token written under another cache key "
+                "(tenant=%s environment=%s).",
+                snapshot.tenant_label,
+                snapshot.environment,
+            )
+            return None
+        token = _token_from_payload(payload)
+    except Exception:  # wrong key, tampered, malformed: never an error, just absent
         logger.warning("Ignoring a cached token that cannot be decrypted (keys changed?).")
+        return None
+    if token is None:
+        logger.warning("Ignoring a cached getpaid token with a malformed payload.")
         return None
     with _decrypted_lock:
         _decrypted[digest] = token
@@ -124,17 +159,46 @@ def token_of(entry: dict[str, Any]) -> AccessToken | None:
     return token
 
 
+def _token_from_payload(payload: dict[str, Any]) -> AccessToken | None:
+    value, token_type, scopes = (
+        payload.get("value"),
+        payload.get("token_type"),
+        payload.get("scopes"),
+    )
+    expires, obtained = _epoch(payload.get("expires_at")), _epoch(payload.get("obtained_at"))
+    if (
+        not isinstance(value, str)
+        or not value
+        or not isinstance(token_type, str)
+        or not isinstance(scopes, list)
+        or not all(isinstance(scope, str) for scope in scopes)
+        or expires is None
+        or obtained is None
+    ):
+        return None
+    return AccessToken.from_payload(payload)
+
+
 def usable_until(entry: dict[str, Any]) -> float:
     """After this moment the token is never handed out (it could expire in flight)."""
     return float(entry["until"])
 
 
 def is_entry(value: Any) -> bool:
-    return isinstance(value, dict) and {"ct", "exp", "refresh", "until"} <= value.keys()
+    """A well-formed token entry: the right keys, plausible times, ASCII ciphertext."""
+    if not isinstance(value, dict):
+        return False
+    ciphertext = value.get("ct")
+    return (
+        isinstance(ciphertext, str)
+        and 0 < len(ciphertext) <= MAX_CIPHERTEXT
+        and ciphertext.isascii()
+        and all(_epoch(value.get(name)) is not None for name in ("exp", "refresh", "until"))
+    )
 
 
 def store(snapshot: CredentialSnapshot, token: AccessToken) -> dict[str, Any]:
-    entry = make_entry(token)
+    entry = make_entry(snapshot, token)
     timeout = max(1.0, usable_until(entry) - clock.now())
     cache_backend.set(token_key(snapshot), entry, timeout=timeout)
     return entry
@@ -155,7 +219,7 @@ def get(
     entry = cached if cached is not UNSET else cache_backend.get(token_key(snapshot))
     now = clock.now()
     if is_entry(entry) and now < usable_until(entry):
-        token = token_of(entry)
+        token = token_of(snapshot, entry)
         if token is not None:
             if now >= float(entry["refresh"]):
                 return _refresh_or_keep(snapshot, token)
@@ -163,12 +227,24 @@ def get(
     return _obtain(snapshot)
 
 
-def forget(snapshot: CredentialSnapshot) -> None:
-    """Drop the cached token and the failure memory of ``snapshot``."""
+def forget(snapshot: CredentialSnapshot, *, everywhere: bool = False) -> None:
+    """Drop the cached token and the failure memory of ``snapshot``.
+
+    ``everywhere``: the deletion must reach the shared cache even if it is down right now
+    (a changed credential): it is then queued and replayed, never dropped.
+    """
     _clear_process_memo()
-    cache_backend.delete_many(
-        [token_key(snapshot), failure_key(snapshot), refresh_pause_key(snapshot)]
-    )
+    keys = [token_key(snapshot), failure_key(snapshot), refresh_pause_key(snapshot)]
+    if everywhere:
+        cache_backend.write_shared("delete_many", keys)
+    else:
+        cache_backend.delete_many(keys)
+
+
+def forget_token(snapshot: CredentialSnapshot) -> None:
+    """Drop the cached token only (``invalidate_token``): the next call fetches a new one."""
+    cache_backend.delete(token_key(snapshot))
+    _clear_process_memo()
 
 
 def forget_if_current(snapshot: CredentialSnapshot, token: AccessToken) -> bool:
@@ -176,7 +252,7 @@ def forget_if_current(snapshot: CredentialSnapshot, token: AccessToken) -> bool:
     _clear_process_memo()
     entry = cache_backend.get(token_key(snapshot))
     if is_entry(entry):
-        current = token_of(entry)
+        current = token_of(snapshot, entry)
         if current is not None and current.value != token.value:
             return False
     cache_backend.delete(token_key(snapshot))
@@ -203,23 +279,67 @@ def _clear_process_memo() -> None:
 # --- failure memory --------------------------------------------------------------------
 
 
-def remembered_failure(snapshot: CredentialSnapshot) -> TokenRequestError | None:
-    data = cache_backend.get(failure_key(snapshot))
-    if not isinstance(data, dict) or data.get("until", 0) <= clock.now():
+_FAILURE_FIELDS = {
+    "message": str, "tenant": str, "environment": str, "error": str,
+    "error_description": str, "trace_id": str, "hint": str, "quota": str,
+}  # fmt: skip
+
+
+def failure_from_cache(data: Any) -> tuple[float, TokenRequestError] | None:
+    """A failure memory entry as (until, error), or None if it is malformed or expired.
+
+    Every field is type-checked: a value planted under our key must not turn into an
+    untyped exception for callers (or a 500 in the admin).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
         return None
-    error = TokenRequestError.from_dict(data["error"])
+    until = _epoch(data.get("until"))
+    now = clock.now()
+    if until is None or until <= now:
+        return None
+    raw = data["error"]
+    fields: dict[str, Any] = {}
+    for name, kind in _FAILURE_FIELDS.items():
+        value = raw.get(name, "")
+        if not isinstance(value, kind):
+            return None
+        fields[name] = value[:1000]
+    status = raw.get("status")
+    if status is not None and (
+        isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599
+    ):
+        return None
+    error_class = raw.get("class")
+    if not isinstance(error_class, str):
+        return None
+    fields.update({"class": error_class, "status": status, "retry_after": None})
+    if error_class != "RateLimitedError":
+        fields.pop("quota")
+    try:
+        error = TokenRequestError.from_dict(fields)
+    except Exception:  # a class that does not take these fields: not ours
+        return None
+    until = min(until, now + MAX_FAILURE_MEMORY)
     if isinstance(error, RateLimitedError):
-        error.retry_after = max(0.0, data["until"] - clock.now())
-    return error
+        error.retry_after = max(0.0, until - now)
+    return until, error
+
+
+def remembered_failure(snapshot: CredentialSnapshot) -> TokenRequestError | None:
+    found = failure_from_cache(cache_backend.get(failure_key(snapshot)))
+    return found[1] if found else None
 
 
 def _remember(snapshot: CredentialSnapshot, error: TokenRequestError) -> None:
     if isinstance(error, RateLimitedError):
-        wait = error.retry_after if error.retry_after is not None else 60.0
+        wait = error.retry_after if error.retry_after is not None else DEFAULT_RATE_LIMIT_WAIT
+        if not isinstance(wait, (int, float)) or not math.isfinite(wait):
+            wait = DEFAULT_RATE_LIMIT_WAIT
     elif error.retryable:
         return  # 5xx/timeouts: retried, not remembered
     else:
         wait = float(getpaid_settings.CONFIG_ERROR_BACKOFF)
+    wait = min(float(wait), MAX_FAILURE_MEMORY)
     if wait <= 0:
         return
     cache_backend.set(
@@ -279,7 +399,11 @@ def _release(snapshot: CredentialSnapshot, owner: str) -> None:
 
 
 def _acceptable(
-    entry: Any, *, before_refresh: bool, replaced: AccessToken | None = None
+    snapshot: CredentialSnapshot,
+    entry: Any,
+    *,
+    before_refresh: bool,
+    replaced: AccessToken | None = None,
 ) -> AccessToken | None:
     """The token in a cache ``entry`` if it may be handed out, else None.
 
@@ -291,7 +415,7 @@ def _acceptable(
     limit = float(entry["refresh"]) if before_refresh else usable_until(entry)
     if clock.now() >= limit:
         return None
-    token = token_of(entry)
+    token = token_of(snapshot, entry)
     if token is None or (replaced is not None and token.value == replaced.value):
         return None
     return token
@@ -299,11 +423,24 @@ def _acceptable(
 
 def _refresh_or_keep(snapshot: CredentialSnapshot, current: AccessToken) -> AccessToken:
     """In the refresh window: the lease winner starts a refresh in the background; every
-    caller, the winner included, keeps using ``current`` without waiting for it."""
+    caller, the winner included, keeps using ``current`` without waiting for it.
+
+    A process runs at most one background refresh per credential and at most
+    ``MAX_BACKGROUND_REFRESHES`` in all: a slow token endpoint or a thousand tokens due at
+    once cannot pile up threads and sockets. Skipped refreshes are tried again by the next
+    caller; the current token stays in use meanwhile.
+    """
     if cache_backend.get(refresh_pause_key(snapshot)) or remembered_failure(snapshot):
         return current
+    cache_id = snapshot.cache_id
+    with _background_lock:
+        if cache_id in _background_ids or len(_background) >= _max_background():
+            return current
+        _background_ids.add(cache_id)  # reserved before the lease: no second thread here
     owner = uuid.uuid4().hex
     if not cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
+        with _background_lock:
+            _background_ids.discard(cache_id)
         return current
     thread = threading.Thread(
         target=_refresh_in_background,
@@ -318,13 +455,27 @@ def _refresh_or_keep(snapshot: CredentialSnapshot, current: AccessToken) -> Acce
 
 
 _background: set[threading.Thread] = set()
+_background_ids: set[str] = set()
 _background_lock = threading.Lock()
+
+
+def _max_background() -> int:
+    return max(1, int(getpaid_settings.MAX_BACKGROUND_REFRESHES))
+
+
+def running_background_refreshes() -> int:
+    """Background refresh threads alive in this process (monitoring, tests)."""
+    with _background_lock:
+        return len(_background)
 
 
 def _refresh_in_background(snapshot: CredentialSnapshot, current: AccessToken, owner: str) -> None:
     try:
         # A peer may have renewed it between our read and our lease: nothing to do then.
-        if _acceptable(cache_backend.get(token_key(snapshot)), before_refresh=True) is None:
+        if (
+            _acceptable(snapshot, cache_backend.get(token_key(snapshot)), before_refresh=True)
+            is None
+        ):
             _fetch(snapshot)
             _clear_process_memo()
     except TokenRequestError as error:
@@ -341,6 +492,7 @@ def _refresh_in_background(snapshot: CredentialSnapshot, current: AccessToken, o
         _release(snapshot, owner)
         with _background_lock:
             _background.discard(threading.current_thread())
+            _background_ids.discard(snapshot.cache_id)
 
 
 def wait_for_background_refreshes(timeout: float = 10.0) -> None:
@@ -372,7 +524,7 @@ def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken
     if not leader:
         try:
             return flight.result(timeout=float(getpaid_settings.WAIT_TIMEOUT))
-        except TimeoutError:
+        except (TimeoutError, concurrent.futures.TimeoutError):  # distinct before 3.11
             raise TokenWaitTimeoutError(
                 "Timed out waiting for another thread's token request.",
                 tenant=snapshot.tenant_label,
@@ -399,18 +551,18 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
     deadline = time.monotonic() + float(getpaid_settings.WAIT_TIMEOUT)
     interval = POLL_INTERVAL
     entry = cache_backend.get(token_key(snapshot))
-    replaced = token_of(entry) if force and is_entry(entry) else None
+    replaced = token_of(snapshot, entry) if force else None
     if force and replaced is None:
         entry = None  # nothing cached to replace: only a token fetched from now on will do
     while True:
-        token = _acceptable(entry, before_refresh=False, replaced=replaced)
+        token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
         if token is not None:
             return token
         if cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
             try:
                 # A peer may have finished between our read and our lease: use theirs.
                 entry = cache_backend.get(token_key(snapshot))
-                token = _acceptable(entry, before_refresh=False, replaced=replaced)
+                token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
                 if token is not None:
                     return token
                 return _fetch(snapshot)

@@ -147,23 +147,25 @@ def test_never_hands_out_a_token_within_clock_skew_of_expiry(rsps, fake_clock, s
     assert first.expires_in(fake_clock()) <= 10
 
 
-def test_new_token_after_secret_change(endpoint):
+def test_new_token_after_secret_change(endpoint, django_capture_on_commit_callbacks):
     tenant = make_tenant()
     credential = make_credential(tenant)
     first = get_token(tenant)
     credential.client_secret = "rotated-secret"
-    credential.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        credential.save()
     second = get_token(tenant)
     assert endpoint.count == 2 and second.value != first.value
     assert json.loads(endpoint.requests[1].body)["client_secret"] == "rotated-secret"
 
 
-def test_deactivated_credential_is_not_used(endpoint):
+def test_deactivated_credential_is_not_used(endpoint, django_capture_on_commit_callbacks):
     tenant = make_tenant()
     credential = make_credential(tenant)
     get_token(tenant)
     credential.is_active = False
-    credential.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        credential.save()
     with pytest.raises(CredentialNotFoundError):
         get_token(tenant)
 
@@ -614,7 +616,9 @@ def endpoint_url():
     return getpaid_settings.TOKEN_URL
 
 
-def test_failure_memory_fails_fast_until_credential_saved(endpoint):
+def test_failure_memory_fails_fast_until_credential_saved(
+    endpoint, django_capture_on_commit_callbacks
+):
     tenant = make_tenant()
     credential = make_credential(tenant)
     endpoint.fail_next(auth0_error(401, "access_denied", "Unauthorized"))
@@ -624,7 +628,8 @@ def test_failure_memory_fails_fast_until_credential_saved(endpoint):
         get_token(tenant)  # from memory
     assert endpoint.count == 1
     credential.client_secret = "fixed"
-    credential.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        credential.save()
     assert get_token(tenant)
     assert endpoint.count == 2
 
@@ -807,7 +812,9 @@ def test_a_secret_echoed_by_the_server_is_masked(endpoint, canary, all_logs):
     assert "Unauthorized secret ***" in str(excinfo.value)
 
 
-def test_changing_the_secret_deletes_the_old_cached_token(endpoint):
+def test_changing_the_secret_deletes_the_old_cached_token(
+    endpoint, django_capture_on_commit_callbacks
+):
     from django_getpaid_auth import credentials, token_store
 
     tenant = make_tenant()
@@ -817,5 +824,6 @@ def test_changing_the_secret_deletes_the_old_cached_token(endpoint):
     old_key = token_store.token_key(credentials.resolve(tenant))
     assert cache_backend.get(old_key) is not None
     credential.client_secret = "a-new-secret-value"
-    credential.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        credential.save()
     assert cache_backend.get(old_key) is None  # deleted, not merely unreachable

@@ -382,8 +382,8 @@ def _check_one(
 def _cached_fingerprint(credential: ClientCredential, expires_at: datetime) -> str:
     """Fingerprint of the token the check just obtained, read back from the cache (no fetch)."""
     try:
-        entry = cache_backend.get(token_store.token_key(snapshot_of(credential, 0)))
-        token = token_store.token_of(entry) if token_store.is_entry(entry) else None
+        snapshot = snapshot_of(credential, None)
+        token = token_store.token_of(snapshot, cache_backend.get(token_store.token_key(snapshot)))
     except Exception:
         return ""
     if token is None or token.expires_at != expires_at:
