@@ -9,6 +9,7 @@ E011 stored environment not configured.
 
 from __future__ import annotations
 
+import math
 from difflib import get_close_matches
 from typing import Any
 from urllib.parse import urlsplit
@@ -104,6 +105,42 @@ CHOICES = {
 }
 
 
+# name -> (type, lowest, highest or None): a wrong number must fail at startup, not at
+# the first token request (an endless wait, a crash in a refresh thread).
+NUMBERS: dict[str, tuple[type, float, float | None]] = {
+    "TOKEN_REQUEST_RETRIES": (int, 0, 10),
+    "RETRY_BACKOFF": (float, 0, None),
+    "RETRY_BACKOFF_MAX": (float, 0, None),
+    "MAX_RETRY_AFTER": (float, 0, 3600),
+    "REFRESH_MARGIN": (float, 0, None),
+    "REFRESH_MARGIN_RATIO": (float, 0, 0.5),
+    "CLOCK_SKEW": (float, 0, None),
+    "LOCAL_CACHE_TIMEOUT": (float, 0, None),
+    "LEASE_TIMEOUT": (float, 0.001, None),
+    "WAIT_TIMEOUT": (float, 0.001, None),
+    "CONFIG_ERROR_BACKOFF": (float, 0, None),
+    "CREDENTIAL_RECHECK_INTERVAL": (float, 0.001, None),
+    "TOKEN_REQUEST_DEADLINE": (float, 0.001, None),
+    "MAX_TOKEN_RESPONSE_BYTES": (int, 1024, None),
+    "MAX_BACKGROUND_REFRESHES": (int, 1, None),
+    "UNAUTHORIZED_REFETCH_PAUSE": (float, 0, None),
+}
+PAIRS = ("TOKEN_REQUEST_TIMEOUT", "API_TIMEOUT")
+
+
+def _number_ok(value: Any, kind: type, low: float, high: float | None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        return False
+    return math.isfinite(value) and value >= low and (high is None or value <= high)
+
+
+def _number_hint(kind: type, low: float, high: float | None) -> str:
+    what = "an integer" if kind is int else "a number"
+    if high is not None:
+        return f"Use {what} from {low:g} to {high:g}."
+    return f"Use {what} of at least {low:g}."
+
+
 @register()
 def check_setting_names_and_choices(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """A typo in a GETPAID_AUTH key or value must not be silently ignored."""
@@ -122,6 +159,29 @@ def check_setting_names_and_choices(app_configs: Any = None, **kwargs: Any) -> l
                 id="django_getpaid_auth.W002",
             )
         )
+    for name, (kind, low, high) in NUMBERS.items():
+        if name in user and not _number_ok(user[name], kind, low, high):
+            messages.append(
+                Error(
+                    f"{SETTING_NAME}[{name!r}] is {user[name]!r}.",
+                    hint=_number_hint(kind, low, high),
+                    id="django_getpaid_auth.E007",
+                )
+            )
+    for name in PAIRS:
+        value = user.get(name)
+        if name in user and not (
+            isinstance(value, (tuple, list))
+            and len(value) == 2
+            and all(_number_ok(v, float, 0.001, None) for v in value)
+        ):
+            messages.append(
+                Error(
+                    f"{SETTING_NAME}[{name!r}] is {value!r}.",
+                    hint="Use a (connect, read) pair of positive seconds, e.g. (5.0, 15.0).",
+                    id="django_getpaid_auth.E007",
+                )
+            )
     for name, allowed in CHOICES.items():
         if name in user and user[name] not in allowed:
             messages.append(

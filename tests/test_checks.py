@@ -148,3 +148,39 @@ def test_unknown_setting_name_is_a_warning_with_suggestion(settings):
 def test_bad_setting_value_is_an_error(settings, name, value):
     patch(settings, **{name: value})
     assert "django_getpaid_auth.E007" in ids()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WAIT_TIMEOUT", 0),
+        ("WAIT_TIMEOUT", "30"),
+        ("LEASE_TIMEOUT", float("inf")),
+        ("CREDENTIAL_RECHECK_INTERVAL", -1),
+        ("TOKEN_REQUEST_DEADLINE", float("nan")),
+        ("MAX_TOKEN_RESPONSE_BYTES", 10),
+        ("MAX_BACKGROUND_REFRESHES", 0),
+        ("MAX_BACKGROUND_REFRESHES", 2.5),
+        ("TOKEN_REQUEST_RETRIES", True),
+        ("REFRESH_MARGIN_RATIO", 0.9),
+        ("UNAUTHORIZED_REFETCH_PAUSE", -5),
+        ("TOKEN_REQUEST_TIMEOUT", 5),
+        ("API_TIMEOUT", (5, 0)),
+    ],
+)
+def test_bad_number_is_an_error_naming_the_setting(settings, name, value):
+    patch(settings, **{name: value})
+    messages = [m for m in run_checks() if m.id == "django_getpaid_auth.E007"]
+    assert len(messages) == 1 and name in messages[0].msg
+
+
+def test_good_numbers_are_quiet(settings):
+    patch(
+        settings,
+        WAIT_TIMEOUT=5,
+        CREDENTIAL_RECHECK_INTERVAL=30.5,
+        MAX_BACKGROUND_REFRESHES=8,
+        TOKEN_REQUEST_TIMEOUT=[3, 10.5],
+        UNAUTHORIZED_REFETCH_PAUSE=0,
+    )
+    assert "django_getpaid_auth.E007" not in ids()
