@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import cache_backend, clock, crypto
@@ -268,6 +269,44 @@ def cached_entries(snapshots: list[CredentialSnapshot]) -> dict[int, dict[str, A
         for k, v in found.items()
         if is_entry(v)
     }
+
+
+@dataclass(frozen=True)
+class CachedState:
+    """What the cache holds for one credential, validated, without the token itself."""
+
+    expires_at: float | None = None  # epoch seconds; None: no well-formed token entry
+    refresh_at: float | None = None
+    usable_until: float | None = None
+    failure: TokenRequestError | None = None  # remembered failure still in its window
+
+
+def cached_states(snapshots: list[CredentialSnapshot]) -> dict[Any, CachedState]:
+    """Token and failure state of many credentials in ONE ``get_many`` (the admin list).
+
+    Garbage under the keys reads as "nothing cached", never as an error.
+    """
+    keys: dict[str, tuple[Any, str]] = {}
+    for snapshot in snapshots:
+        keys[token_key(snapshot)] = (snapshot.pk, "token")
+        keys[failure_key(snapshot)] = (snapshot.pk, "failure")
+    found = cache_backend.get_many(list(keys)) if keys else {}
+    states: dict[Any, CachedState] = {s.pk: CachedState() for s in snapshots}
+    for key, value in found.items():
+        pk, kind = keys[key]
+        current = states[pk]
+        if kind == "token" and is_entry(value):
+            states[pk] = replace(
+                current,
+                expires_at=float(value["exp"]),
+                refresh_at=float(value["refresh"]),
+                usable_until=float(value["until"]),
+            )
+        elif kind == "failure":
+            remembered = failure_from_cache(value)
+            if remembered is not None:
+                states[pk] = replace(current, failure=remembered[1])
+    return states
 
 
 def _clear_process_memo() -> None:
