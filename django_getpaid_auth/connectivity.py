@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from . import credentials, token_store
 from .conf import getpaid_settings
@@ -75,6 +76,7 @@ def result_for(
     )
 
 
+@sensitive_variables()  # the token is a local here and in requests' frames below
 def check_credential(
     credential: ClientCredential, *, use_cache: bool = False, probe_api: bool = False
 ) -> CheckResult:

@@ -27,6 +27,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
+from django.views.decorators.debug import sensitive_variables
+
 from . import cache_backend, clock, crypto
 from .conf import getpaid_settings, on_settings_reset
 from .credentials import CredentialSnapshot
@@ -126,6 +128,7 @@ def make_entry(snapshot: CredentialSnapshot, token: AccessToken) -> dict[str, An
     }
 
 
+@sensitive_variables("payload", "token")
 def token_of(snapshot: CredentialSnapshot, entry: Any) -> AccessToken | None:
     """The token in ``entry`` (read under ``snapshot``'s key), or None if it is not one."""
     if not is_entry(entry):
@@ -160,6 +163,7 @@ def token_of(snapshot: CredentialSnapshot, entry: Any) -> AccessToken | None:
     return token
 
 
+@sensitive_variables("payload", "value")
 def _token_from_payload(payload: dict[str, Any]) -> AccessToken | None:
     value, token_type, scopes = (
         payload.get("value"),
