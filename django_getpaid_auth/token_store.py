@@ -138,7 +138,7 @@ def token_of(snapshot: CredentialSnapshot, entry: Any) -> AccessToken | None:
     digest = _digest(key, ciphertext)
     token = _decrypted.get(digest)
     if token is not None:
-        return token
+        return token if _times_match(entry, token) else None
     try:
         payload = json.loads(crypto.decrypt(ciphertext))
         if not isinstance(payload, dict) or payload.get("key") != key:
@@ -160,7 +160,20 @@ def token_of(snapshot: CredentialSnapshot, entry: Any) -> AccessToken | None:
         _decrypted[digest] = token
         while len(_decrypted) > MAX_DECRYPTED:
             _decrypted.popitem(last=False)
-    return token
+    return token if _times_match(entry, token) else None
+
+
+def _times_match(entry: dict[str, Any], token: AccessToken) -> bool:
+    """The readable times agree with the encrypted token: whoever can write to the cache
+    can make a token look older (a refetch), never younger than it is."""
+    expires = token.expires_at.timestamp()
+    if (
+        float(entry["exp"]) == expires
+        and float(entry["refresh"]) <= float(entry["until"]) <= expires
+    ):
+        return True
+    logger.warning("Ignoring a cached getpaid token whose readable expiry was altered.")
+    return False
 
 
 @sensitive_variables("payload", "value")

@@ -394,3 +394,21 @@ def test_waiting_for_another_threads_fetch_times_out_with_a_typed_error(rsps, se
         get_token(tenant)
     assert time.monotonic() - started < 1.2
     leader.join(5)
+
+
+@pytest.mark.parametrize("field", ["exp", "until", "refresh"])
+def test_readable_expiry_cannot_be_extended(endpoint, fake_clock, field):
+    """Someone with write access to the cache pushes an old token's times into the future."""
+    tenant = make_tenant()
+    make_credential(tenant)
+    old = get_token(tenant)
+    key = token_store.token_key(credentials.resolve(tenant))
+    entry = cache_backend.get(key)
+    fake_clock.advance(3600 + 60)  # the token has expired
+    entry = {**entry, field: entry[field] + 7200}
+    if field == "exp":
+        entry = {**entry, "until": entry["until"] + 7200, "refresh": entry["refresh"] + 7200}
+    cache_backend.set(key, entry, timeout=600)
+    service.clear_memo()
+    token = get_token(tenant)
+    assert token.value != old.value and endpoint.count == 2
