@@ -6,10 +6,37 @@ access token or ciphertext.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import requests
 from django.core.exceptions import ImproperlyConfigured
+
+# Control (C0, DEL, C1), format (bidi overrides and isolates, zero-width), surrogate and
+# line/paragraph separator characters: they can rewrite a terminal or reorder a log line.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape(char: str) -> str:
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def printable(text: Any) -> str:
+    """``text`` on one line, safe for a terminal or a log.
+
+    Whitespace runs (tabs, newlines...) become one space; control, format (e.g. U+202E
+    RIGHT-TO-LEFT OVERRIDE), surrogate and separator characters are shown escaped
+    (``\\x1b``, ``\\u202e``). Idempotent.
+    """
+    text = " ".join(str(text).split())
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) for char in text)
 
 
 class GetpaidAuthError(Exception):
@@ -91,9 +118,11 @@ class TokenRequestError(GetpaidAuthError):
         self.tenant = tenant
         self.environment = environment
         self.status = status
-        self.error = error
-        self.error_description = error_description
-        self.trace_id = trace_id
+        # What the token server said is untrusted text: it is shown to operators
+        # (logs, getpaid_check, the admin), so never with control characters.
+        self.error = printable(error) if error else ""
+        self.error_description = printable(error_description) if error_description else ""
+        self.trace_id = printable(trace_id) if trace_id else ""
         self.retry_after = retry_after
         if hint is not None:
             self.hint = hint
@@ -187,7 +216,7 @@ class RateLimitedError(TokenRequestError):
     retryable = True
 
     def __init__(self, message: str, *, quota: str = "", **kwargs: Any) -> None:
-        self.quota = quota
+        self.quota = printable(quota) if quota else ""
         super().__init__(message, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
