@@ -4,20 +4,47 @@ Only this module talks to ``GETPAID_AUTH["TOKEN_URL"]``. It retries what is wort
 retrying (5xx, timeouts, connection errors: jittered exponential backoff; a 429 with a
 short Retry-After: once) and turns every other answer into a typed ``TokenRequestError``
 whose message never contains the secret or a token.
+
+Every part of the answer is untrusted and bounded:
+
+* time: one request (connect, headers and body) ends after TOKEN_REQUEST_DEADLINE
+  seconds, however slowly the server drips bytes (a watchdog shuts the socket down), and
+  all attempts of one ``request_token`` call together stay within twice that;
+* size: a body above MAX_TOKEN_RESPONSE_BYTES (declared or streamed, compressed or not)
+  is refused without being read;
+* values: the access token must be an RFC 6750 ``b64token`` of at most
+  ``tokens.MAX_TOKEN_LENGTH`` characters; ``expires_in`` a positive whole number of
+  seconds (capped at MAX_EXPIRES_IN); waits from ``Retry-After`` and friends are clamped
+  to [0, MAX_WAIT];
+* text quoted from the server is scrubbed of the client secret and of control characters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import http.client
+import json
 import logging
+import math
 import random
 import re
+import socket
+import threading
 import time
+import zlib
+from datetime import timezone
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import requests
 import requests.adapters
+import requests.auth
+import urllib3
+import urllib3.connection
+import urllib3.exceptions
+import urllib3.poolmanager
+from django.views.decorators.debug import sensitive_variables
 
 from . import __version__, clock
 from .conf import getpaid_settings
@@ -32,48 +59,276 @@ from .exceptions import (
     TokenEndpointUnavailableError,
     TokenRequestError,
     UnauthorizedClientError,
+    printable,
 )
 from .scopes import split_scopes
-from .tokens import AccessToken, from_timestamp, jwt_expiry
+from .tokens import MAX_TOKEN_LENGTH, AccessToken, from_timestamp, is_valid_token_value, jwt_expiry
 
 logger = logging.getLogger("django_getpaid_auth.token_client")
 
 USER_AGENT = f"django-getpaid-auth/{__version__} python-requests/{requests.__version__}"
 TRACE_HEADER = "Getpaid-Trace-Id"
 MAX_DESCRIPTION = 300
+MAX_ERROR = 60
+# A secret (or form of it) shorter than this is masked only where it stands alone (not
+# inside a longer run of letters and digits): masking every "a" of a one-letter test
+# secret would garble every message. Longer ones are masked wherever they occur.
 MIN_SCRUB_LENGTH = 8
+MAX_HEADER_TEXT = 200
+# Longest lifetime believed from ``expires_in``: a larger value is capped to this (the
+# token is then refreshed well before a year has passed; the API's 401 triggers a refetch
+# sooner if the token really expired). Digit strings longer than 20 characters are refused.
+MAX_EXPIRES_IN = 365 * 24 * 3600
+# Any wait a server asks for (Retry-After, x-ratelimit-reset, Auth0 quota) is clamped here.
+MAX_WAIT = 24 * 3600.0
+# A 429 that does not say how long to wait is remembered for this long.
+DEFAULT_RETRY_AFTER = 60.0
+
+_CHUNK = 16 * 1024
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,9})?")
+_QUOTA_RESET = re.compile(r"(?:^|;)\s*t=([0-9]{1,20})\s*(?:;|$)")
+# RFC 6749 scope-token: %x21 / %x23-5B / %x5D-7E
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")
+_MAX_SCOPES = 256
+_TRANSPORT_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    ValueError,
+)
+
+
+# --- secrets kept out of tracebacks -----------------------------------------------------
+
+
+class _Secret(str):
+    """A str whose repr hides it: Django's debug page and error reports show locals by repr."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'********************'"
+
+
+class _RedactedBody(dict):  # type: ignore[type-arg]
+    """The token request body (it holds the secret); its repr hides every value."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{key!r}: '********************'" for key in self) + "}"
+
+
+# --- one deadline per request -------------------------------------------------------------
+
+_local = threading.local()
+_REARM = 0.1
+_MAX_REARMS = 600
+
+
+def _shutdown(sock: Any) -> None:
+    if sock is None:
+        return
+    # socket.socket's own shutdown, not SSLSocket's (which drops its SSL object under
+    # the reading thread): unblocks a recv() in another thread with EOF.
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _shutdown_conn(conn: Any) -> None:
+    _shutdown(getattr(conn, "sock", None))
+    # A response that ends with the connection ("Connection: close", no length) owns the
+    # socket after the headers: the connection no longer points at it.
+    _shutdown(getattr(conn, "_getpaid_sock", None))
+
+
+class _Deadline:
+    """The end of one token request, enforced even against a server that drips bytes.
+
+    A read timeout applies to each socket read, so a server sending a byte every
+    second keeps a plain request alive forever. The connection a request uses is
+    registered here (see ``_WatchedPoolMixin``) and a watchdog timer shuts its socket
+    down at the deadline, which ends any blocked read; the request then reports a timeout.
+    Reads are also checked against the deadline between chunks.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = max(0.0, seconds)
+        self.at = time.monotonic() + self.seconds
+        self.fired = False
+        self._done = False
+        self._rearms = 0
+        self._conns: list[Any] = []
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.at
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def watch(self, conn: Any) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._conns.append(conn)
+            if self.fired:
+                _shutdown_conn(conn)
+            elif self._timer is None:
+                self._arm(self.remaining())
+
+    def unwatch(self, conn: Any) -> None:
+        with self._lock:
+            self._conns = [c for c in self._conns if c is not conn]
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            self._conns.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _arm(self, delay: float) -> None:
+        timer = threading.Timer(delay, self._fire)
+        timer.daemon = True
+        timer.name = "getpaid-token-deadline"
+        self._timer = timer
+        timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            for conn in self._conns:
+                _shutdown_conn(conn)
+            # A connection still being set up gets its socket after this: look again
+            # shortly (the connect itself is bounded by the connect timeout).
+            if self._conns and self._rearms < _MAX_REARMS:
+                self._rearms += 1
+                self._arm(_REARM)
+
+
+class _WatchedPoolMixin:
+    """Registers each connection handed to a token request with the request's deadline."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        deadline = getattr(_local, "deadline", None)
+        if deadline is not None and conn is not None:
+            conn._getpaid_deadline = deadline
+            deadline.watch(conn)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        deadline = getattr(conn, "_getpaid_deadline", None)
+        if deadline is not None:
+            deadline.unwatch(conn)  # back in the pool: another request may take it
+            conn._getpaid_deadline = None
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _SocketMemoryMixin:
+    """Remembers the connected socket even after http.client hands it to a response."""
+
+    def connect(self) -> None:
+        self._getpaid_sock = None
+        super().connect()  # type: ignore[misc]
+        self._getpaid_sock = self.sock  # type: ignore[attr-defined]
+
+
+class _HTTPConnection(_SocketMemoryMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_SocketMemoryMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPConnectionPool(_WatchedPoolMixin, urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(_WatchedPoolMixin, urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+
+class _TokenAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose connections can be cut at a token request's deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: Any, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        # HTTP(S) proxies use the standard pools; SOCKS pools are left alone (those
+        # requests are then bounded between reads only).
+        if manager.pool_classes_by_scheme is urllib3.poolmanager.pool_classes_by_scheme:
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
 
 _http = requests.Session()
 _http.headers["User-Agent"] = USER_AGENT
 # getpaid_check runs many token requests at once: keep a connection per worker.
-_http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=64))
-_http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
+_http.mount("https://", _TokenAdapter(pool_maxsize=64))
+_http.mount("http://", _TokenAdapter(pool_maxsize=64))
 
 
+# --- the request --------------------------------------------------------------------------
+
+
+def request_budget() -> float:
+    """Upper bound in seconds of one ``request_token`` call, all attempts and waits included.
+
+    Each attempt may take TOKEN_REQUEST_DEADLINE; together they stop at twice that.
+    """
+    return 2 * _deadline_seconds()
+
+
+def _deadline_seconds() -> float:
+    return max(0.0, float(getpaid_settings.TOKEN_REQUEST_DEADLINE))
+
+
+@sensitive_variables()
 def request_token(snapshot: CredentialSnapshot) -> AccessToken:
-    """Fetch a new token for ``snapshot`` (no caching here), retrying transient failures."""
+    """Fetch a new token for ``snapshot`` (no caching here), retrying transient failures.
+
+    Takes at most ``request_budget()`` seconds (plus a short wait for a 429 that asks
+    for at most MAX_RETRY_AFTER seconds).
+    """
     attempts = 1 + max(0, int(getpaid_settings.TOKEN_REQUEST_RETRIES))
+    per_attempt = _deadline_seconds()
+    ends = time.monotonic() + 2 * per_attempt
+    shortest = min(1.0, per_attempt / 2)  # no point starting an attempt with less time
     waited_for_rate_limit = False
     for attempt in range(attempts):
         try:
-            return _request_once(snapshot)
+            return _request_once(snapshot, min(per_attempt, ends - time.monotonic()))
         except TokenEndpointUnavailableError as exc:
-            if attempt + 1 >= attempts:
-                raise
             delay = _backoff(attempt)
+            if attempt + 1 >= attempts or ends - time.monotonic() - delay < shortest:
+                raise
             logger.warning(
                 "%s; retrying in %.2fs (attempt %d/%d)", exc, delay, attempt + 2, attempts
             )
             time.sleep(delay)
         except RateLimitedError as exc:
             limit = float(getpaid_settings.MAX_RETRY_AFTER)
-            if waited_for_rate_limit or exc.retry_after is None or exc.retry_after > limit:
+            wait = exc.retry_after
+            if waited_for_rate_limit or wait is None or not 0 <= wait <= limit:
                 raise
             if attempt + 1 >= attempts:
                 raise
             waited_for_rate_limit = True
-            logger.warning("%s; waiting %.2fs once before retrying", exc, exc.retry_after)
-            time.sleep(exc.retry_after)
+            logger.warning("%s; waiting %.2fs once before retrying", exc, wait)
+            time.sleep(wait)
+            ends += wait
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -83,95 +338,230 @@ def _backoff(attempt: int) -> float:
     return min(ceiling, base * (2**attempt)) * random.uniform(0.5, 1.0)  # noqa: S311
 
 
-def _request_once(snapshot: CredentialSnapshot) -> AccessToken:
+@sensitive_variables()
+def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
     context = {"tenant": snapshot.tenant_label, "environment": snapshot.environment}
-    secret = snapshot.client_secret()
-    body: dict[str, str] = {
-        "grant_type": "client_credentials",
-        "audience": snapshot.audience,
-    }
+    secret = _Secret(snapshot.client_secret())
+    body = _RedactedBody(grant_type="client_credentials", audience=snapshot.audience)
     if snapshot.scopes:
         body["scope"] = " ".join(snapshot.scopes)
     auth = None
     if getpaid_settings.CLIENT_AUTH_METHOD == "client_secret_basic":
         # RFC 6749 2.3.1: both are form-urlencoded before Basic encoding.
-        auth = (quote_plus(snapshot.client_id), quote_plus(secret))
+        auth = requests.auth.HTTPBasicAuth(quote_plus(snapshot.client_id), quote_plus(secret))
     else:
         body["client_id"] = snapshot.client_id
         body["client_secret"] = secret
     kwargs: dict[str, Any] = {"json": body}
     if getpaid_settings.TOKEN_REQUEST_FORMAT == "form":
         kwargs = {"data": body}
+    connect_timeout, read_timeout = (float(t) for t in getpaid_settings.TOKEN_REQUEST_TIMEOUT)
+    bounded = max(seconds, 0.001)
     started = clock.now()
+    deadline = _Deadline(seconds)
+    _local.deadline = deadline
     try:
-        response = _http.post(
-            getpaid_settings.TOKEN_URL,
-            auth=auth,
-            timeout=tuple(getpaid_settings.TOKEN_REQUEST_TIMEOUT),
-            headers={"Accept": "application/json"},
-            allow_redirects=False,
-            **kwargs,
+        try:
+            response = _http.post(
+                getpaid_settings.TOKEN_URL,
+                auth=auth,
+                timeout=(min(connect_timeout, bounded), min(read_timeout, bounded)),
+                # Compression would let a small answer grow past MAX_TOKEN_RESPONSE_BYTES.
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                allow_redirects=False,
+                stream=True,
+                **kwargs,
+            )
+        except _TRANSPORT_ERRORS as exc:
+            # "from None": the chained requests/urllib3 frames hold the request body.
+            raise _transport_error(exc, deadline, context) from None
+        try:
+            logger.debug(
+                "token endpoint answered %s in %.0f ms for tenant=%s environment=%s",
+                response.status_code,
+                (clock.now() - started) * 1000,
+                snapshot.tenant_label,
+                snapshot.environment,
+            )
+            # Both return (never raise) their error, so no frame holding the answer's
+            # text (and possibly a token) is part of the traceback.
+            if response.status_code == 200:
+                outcome = _parse_success(response, snapshot, secret, context, started, deadline)
+            else:
+                outcome = _error_for(response, snapshot, context, secret, deadline)
+        finally:
+            response.close()
+    finally:
+        _local.deadline = None
+        deadline.finish()
+    if isinstance(outcome, TokenRequestError):
+        raise outcome
+    return outcome
+
+
+def _transport_error(
+    exc: BaseException, deadline: _Deadline, context: dict[str, str], status: int | None = None
+) -> TokenEndpointUnavailableError:
+    timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)
+    if deadline.expired() or isinstance(exc, timeouts):
+        return TokenEndpointUnavailableError(
+            f"Token endpoint timed out (no complete answer within {deadline.seconds:g}s).",
+            status=status,
+            **context,
         )
-    except requests.Timeout as exc:
-        raise TokenEndpointUnavailableError(
-            "Token endpoint timed out.", **context, hint=None
-        ) from exc
-    except requests.RequestException as exc:
-        raise TokenEndpointUnavailableError(
-            f"Cannot reach the token endpoint ({type(exc).__name__}).", **context
-        ) from exc
-    logger.debug(
-        "token endpoint answered %s in %.0f ms for tenant=%s environment=%s",
-        response.status_code,
-        (clock.now() - started) * 1000,
-        snapshot.tenant_label,
-        snapshot.environment,
+    return TokenEndpointUnavailableError(
+        f"Cannot reach the token endpoint ({type(exc).__name__}).", status=status, **context
     )
-    if response.status_code == 200:
-        return _parse_success(response, snapshot, context, started)
-    raise _error_for(response, snapshot, context)
 
 
+@sensitive_variables()
+def _read_body(
+    response: requests.Response,
+    deadline: _Deadline,
+    context: dict[str, str],
+    secret: str,
+    *,
+    strict: bool,
+) -> bytes | TokenRequestError:
+    """The whole body, at most MAX_TOKEN_RESPONSE_BYTES, read before the deadline.
+
+    ``strict`` (a 200): a body too large or in an unsupported encoding is a
+    MalformedTokenResponseError. Otherwise (an error answer, classified by its status)
+    such a body is ignored: ``b""``. A deadline or transport failure is a
+    TokenEndpointUnavailableError either way.
+    """
+    status = response.status_code
+    limit = max(0, int(getpaid_settings.MAX_TOKEN_RESPONSE_BYTES))
+
+    def refused(reason: str) -> bytes | TokenRequestError:
+        if not strict:
+            return b""
+        return MalformedTokenResponseError(
+            f"Token endpoint answered {status} but {reason}.",
+            status=status,
+            trace_id=_header_text(response, TRACE_HEADER, secret),
+            **context,
+        )
+
+    too_large = f"with a body larger than {limit} bytes (MAX_TOKEN_RESPONSE_BYTES)"
+    declared = (response.headers.get("Content-Length") or "").strip()
+    if declared and not _DIGITS.fullmatch(declared):
+        return refused("with an invalid Content-Length")
+    if declared and int(declared) > limit:
+        return refused(too_large)
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+        return refused(f"with Content-Encoding {_scrub(encoding, secret, 20)!r}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = response.raw.read(min(_CHUNK, limit + 1 - size), decode_content=False)
+            if deadline.expired():
+                chunks.clear()
+                return _transport_error(TimeoutError(), deadline, context, status)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                chunks.clear()
+                return refused(too_large)
+    except _TRANSPORT_ERRORS as exc:
+        chunks.clear()
+        return _transport_error(exc, deadline, context, status)
+    data = b"".join(chunks)
+    chunks.clear()
+    if encoding == "identity":
+        return data
+    inflated = _inflate(data, limit)
+    if inflated is None:
+        return refused(too_large)
+    return inflated
+
+
+def _inflate(data: bytes, limit: int) -> bytes | None:
+    """gzip/zlib/raw deflate ``data``, at most ``limit`` bytes of output (None: more)."""
+    for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            output = inflater.decompress(data, limit + 1)
+        except zlib.error:
+            continue
+        return None if len(output) > limit else output
+    return b""  # not compressed data after all: an unparseable body
+
+
+_NOT_JSON = object()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@sensitive_variables()
+def _load_json(body: bytes) -> Any:
+    """The JSON value of ``body``, or ``_NOT_JSON`` (bad syntax or encoding, NaN, nesting)."""
+    if not body:
+        return _NOT_JSON
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+@sensitive_variables()
 def _parse_success(
     response: requests.Response,
     snapshot: CredentialSnapshot,
+    secret: str,
     context: dict[str, str],
     started: float,
-) -> AccessToken:
+    deadline: _Deadline,
+) -> AccessToken | TokenRequestError:
+    body = _read_body(response, deadline, context, secret, strict=True)
+    if isinstance(body, TokenRequestError):
+        return body
+
     def malformed(reason: str) -> MalformedTokenResponseError:
         return MalformedTokenResponseError(
             f"Token endpoint answered 200 but {reason}.",
             status=200,
-            trace_id=response.headers.get(TRACE_HEADER, ""),
+            trace_id=_header_text(response, TRACE_HEADER, secret),
             **context,
         )
 
-    try:
-        data = response.json()
-    except ValueError:
-        raise malformed(f"not with JSON ({_content_type(response)})") from None
+    data = _load_json(body)
+    if data is _NOT_JSON:
+        return malformed(f"not with JSON ({_content_type(response, secret)})")
     if not isinstance(data, dict):
-        raise malformed("the JSON is not an object")
+        return malformed("the JSON is not an object")
     value = data.get("access_token")
-    if not isinstance(value, str) or not value.strip():
-        raise malformed("without a non-empty access_token")
+    if not isinstance(value, str) or not value:
+        return malformed("without a non-empty access_token")
+    if len(value) > MAX_TOKEN_LENGTH:
+        return malformed(f"with an access_token longer than {MAX_TOKEN_LENGTH} characters")
+    if not is_valid_token_value(value):
+        return malformed(
+            "with an access_token that is not a valid bearer token (RFC 6750: letters, "
+            "digits and -._~+/ then optional = padding)"
+        )
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise malformed(f"with token_type {str(token_type)[:20]!r} instead of Bearer")
-    expires_in = data.get("expires_in")
-    if isinstance(expires_in, str) and expires_in.isdigit():
-        expires_in = int(expires_in)
-    if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in <= 0:
-        raise malformed(
-            f"with expires_in {str(expires_in)[:20]!r} (a positive integer is required)"
+        return malformed(f"with token_type {_quoted(token_type, secret)} instead of Bearer")
+    expires_in = _expires_in(data.get("expires_in"))
+    if expires_in is None:
+        return malformed(
+            f"with expires_in {_quoted(data.get('expires_in'), secret)} (a positive whole "
+            "number of seconds is required)"
         )
     expires_at = started + expires_in
     exp_claim = jwt_expiry(value)
     if exp_claim is not None:
         expires_at = min(expires_at, exp_claim)
     if expires_at <= clock.now():
-        raise malformed("with a token that has already expired")
-    granted = split_scopes(data["scope"]) if isinstance(data.get("scope"), str) else []
+        return malformed("with a token that has already expired")
+    granted = _granted_scopes(data.get("scope"))
     if not granted:
         granted = list(snapshot.scopes)  # RFC 6749 5.1: omitted scope means as requested
     missing = [s for s in snapshot.scopes if s not in granted]
@@ -191,41 +581,132 @@ def _parse_success(
     )
 
 
-def _content_type(response: requests.Response) -> str:
-    return response.headers.get("Content-Type", "no content type").split(";")[0]
+def _expires_in(value: Any) -> int | None:
+    """Seconds from a JSON integer or digit string; None unless positive. Capped at a year."""
+    if isinstance(value, str):
+        value = int(value) if _DIGITS.fullmatch(value) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return None
+    return min(value, MAX_EXPIRES_IN)
 
 
-def _scrub(text: str, snapshot: CredentialSnapshot) -> str:
-    text = " ".join(str(text).split())[:MAX_DESCRIPTION]
-    try:
-        secret = snapshot.client_secret()
-    except Exception:
-        return text
-    # Real client secrets are long (Auth0: 64 characters); masking a very short one would
-    # only garble the message, so those are left alone.
-    return text.replace(secret, "***") if len(secret) >= MIN_SCRUB_LENGTH else text
+def _granted_scopes(value: Any) -> list[str]:
+    """The scopes the server granted; tokens that are not RFC 6749 scope-tokens are dropped."""
+    if not isinstance(value, str):
+        return []
+    return [s for s in split_scopes(value) if _SCOPE_TOKEN.fullmatch(s)][:_MAX_SCOPES]
 
 
+def _content_type(response: requests.Response, secret: str) -> str:
+    value = response.headers.get("Content-Type") or "no content type"
+    return _scrub(value.split(";")[0], secret, 60)
+
+
+def _header_text(response: requests.Response, name: str, secret: str) -> str:
+    return _scrub(response.headers.get(name) or "", secret, MAX_HEADER_TEXT)
+
+
+@sensitive_variables()
+def _quoted(value: Any, secret: str, limit: int = 20) -> str:
+    """A server-supplied value for a message: scrubbed, printable, short, quoted."""
+    if value is None or isinstance(value, (bool, int, float)):
+        text = _number_text(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        return f"<a JSON {'object' if isinstance(value, dict) else 'array'}>"
+    return repr(_scrub(text, secret, limit))
+
+
+def _number_text(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        return f"<a {len(str(abs(value)))}-digit number>"
+    return json.dumps(value)
+
+
+def _text(value: Any) -> str:
+    """A JSON scalar as text for error fields; objects and arrays are ignored."""
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (dict, list)):
+        return ""
+    return _number_text(value)
+
+
+@sensitive_variables()
+def _secret_forms(secret: str) -> list[str]:
+    """The secret as a server might echo it: raw, JSON-escaped, URL-encoded, normalised."""
+    if not secret:
+        return []
+    plain = str(secret)
+    forms = {
+        plain,
+        json.dumps(plain)[1:-1],
+        json.dumps(plain, ensure_ascii=False)[1:-1],
+        quote(plain, safe=""),
+        quote(plain),
+        quote_plus(plain),
+        " ".join(plain.split()),
+        printable(plain),
+    }
+    return sorted((form for form in forms if form), key=len, reverse=True)
+
+
+@sensitive_variables()
+def _scrub(text: Any, secret: str, limit: int = MAX_DESCRIPTION) -> str:
+    """Server text made safe to show: secret masked first, then one printable line, cut.
+
+    The secret (any length, see MIN_SCRUB_LENGTH) is replaced in the raw text before
+    whitespace is collapsed, control characters escaped and the text truncated, so none
+    of those steps can hide it from the replacement; the forms are replaced again after.
+    """
+    text = str(text)
+    forms = _secret_forms(secret)
+    text = _mask(text, forms)
+    text = printable(text)
+    text = _mask(text, forms)
+    return text[:limit]
+
+
+@sensitive_variables()
+def _mask(text: str, forms: list[str]) -> str:
+    for form in forms:
+        if len(form) >= MIN_SCRUB_LENGTH:
+            text = text.replace(form, "***")
+        elif form in text:
+            text = re.sub(
+                f"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])",
+                "***",
+                text,
+            )
+    return text
+
+
+@sensitive_variables()
 def _error_for(
-    response: requests.Response, snapshot: CredentialSnapshot, context: dict[str, str]
+    response: requests.Response,
+    snapshot: CredentialSnapshot,
+    context: dict[str, str],
+    secret: str,
+    deadline: _Deadline,
 ) -> TokenRequestError:
     status = response.status_code
     error = description = raw_error = raw_description = ""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
+    body = _read_body(response, deadline, context, secret, strict=False)
+    if isinstance(body, TokenRequestError):
+        body = b""  # classified by its status alone
+    data = _load_json(body)
     if isinstance(data, dict):
-        raw_error = str(data.get("error", ""))
-        raw_description = str(data.get("error_description", data.get("message", "")))
-        error = _scrub(raw_error, snapshot)[:60]
-        description = _scrub(raw_description, snapshot)
+        raw_error = _text(data.get("error", ""))
+        raw_description = _text(data.get("error_description", data.get("message", "")))
+        error = _scrub(raw_error, secret, MAX_ERROR)
+        description = _scrub(raw_description, secret, MAX_DESCRIPTION)
     fields: dict[str, Any] = {
         **context,
         "status": status,
         "error": error,
         "error_description": description,
-        "trace_id": response.headers.get(TRACE_HEADER, ""),
+        "trace_id": _header_text(response, TRACE_HEADER, secret),
     }
     # Classify on what the server said; report the scrubbed version.
     lowered = raw_description.lower()
@@ -233,12 +714,12 @@ def _error_for(
         retry_after, quota = rate_limit_wait(response.headers)
         return RateLimitedError(
             "getpaid's token endpoint is rate limiting this client.",
-            retry_after=retry_after,
-            quota=quota,
+            retry_after=DEFAULT_RETRY_AFTER if retry_after is None else retry_after,
+            quota=_scrub(quota, secret, MAX_HEADER_TEXT),
             **fields,
         )
     if status >= 500:
-        what = "an HTML error page" if "html" in _content_type(response) else "an error"
+        what = "an HTML error page" if "html" in _content_type(response, secret) else "an error"
         return TokenEndpointUnavailableError(
             f"Token endpoint answered {status} with {what}.", **fields
         )
@@ -260,35 +741,64 @@ def _error_for(
         return ClientGrantMissingError("The client has no grant for this API.", **fields)
     if status in (401, 403) or raw_error in ("invalid_client", "access_denied"):
         return InvalidClientError("getpaid rejected the client credentials.", **fields)
-    if data is None:
+    if data is _NOT_JSON:
         return TokenRequestError(
-            f"Token endpoint answered {status} with {_content_type(response)}, not JSON.", **fields
+            f"Token endpoint answered {status} with {_content_type(response, secret)}, not JSON.",
+            **fields,
         )
     return TokenRequestError(f"Token endpoint refused the request ({status}).", **fields)
 
 
-_QUOTA_RESET = re.compile(r"(?:^|;)\s*t=(\d+)")
+# --- rate limits -----------------------------------------------------------------------
+
+
+def _clamp_wait(seconds: float) -> float:
+    if math.isnan(seconds):
+        return DEFAULT_RETRY_AFTER
+    return max(0.0, min(MAX_WAIT, seconds))
+
+
+def _header(headers: Any, name: str) -> str:
+    value = headers.get(name)
+    return value.strip()[:MAX_HEADER_TEXT] if isinstance(value, str) else ""
+
+
+def _retry_after(value: str) -> float | None:
+    """RFC 9110 Retry-After: delay-seconds (a decimal is tolerated) or an HTTP-date."""
+    if _DECIMAL.fullmatch(value):
+        return _clamp_wait(float(value))
+    if not value or not value.isascii():
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+        if parsed is None:  # pragma: no cover - Python < 3.10 returned None
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        when = parsed.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
+    return _clamp_wait(when - time.time())
 
 
 def rate_limit_wait(headers: Any) -> tuple[float | None, str]:
-    """Seconds to wait after a 429, from Retry-After, x-ratelimit-reset or Auth0's quota header."""
-    quota = headers.get("Auth0-Client-Quota-Limit", "") or headers.get("Auth0-Quota-Limit", "")
+    """Seconds to wait after a 429, from Retry-After, x-ratelimit-reset or Auth0's quota header.
+
+    Only ASCII numbers and valid HTTP dates are understood; anything else is ignored
+    (``None`` when nothing usable was sent). The wait is within [0, MAX_WAIT]. The quota
+    header comes back as printable text of at most MAX_HEADER_TEXT characters.
+    """
+    quota = _header(headers, "Auth0-Client-Quota-Limit") or _header(headers, "Auth0-Quota-Limit")
     waits: list[float] = []
-    retry_after = headers.get("Retry-After")
-    if retry_after:
-        retry_after = retry_after.strip()
-        if retry_after.isdigit():
-            waits.append(float(retry_after))
-        else:
-            parsed = email.utils.parsedate_to_datetime(retry_after) if retry_after else None
-            if parsed is not None:
-                waits.append(max(0.0, parsed.timestamp() - time.time()))
-    reset = headers.get("x-ratelimit-reset")
-    if reset and reset.strip().isdigit():
+    retry_after = _retry_after(_header(headers, "Retry-After"))
+    if retry_after is not None:
+        waits.append(retry_after)
+    reset = _header(headers, "x-ratelimit-reset")
+    if _DIGITS.fullmatch(reset):
         value = float(reset)
         # epoch seconds (Auth0) or, from some servers, seconds from now
-        waits.append(max(0.0, value - time.time()) if value > 10**9 else value)
+        waits.append(_clamp_wait(value - time.time() if value > 10**9 else value))
     match = _QUOTA_RESET.search(quota.replace(",", ";")) if quota else None
     if match and not waits:
-        waits.append(float(match.group(1)))
-    return (max(waits) if waits else None), quota
+        waits.append(_clamp_wait(float(match.group(1))))
+    return (max(waits) if waits else None), printable(quota)
