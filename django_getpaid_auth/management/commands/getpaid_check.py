@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
@@ -56,7 +58,7 @@ from django_getpaid_auth import cache_backend, clock, connectivity, crypto, toke
 from django_getpaid_auth.conf import getpaid_settings
 from django_getpaid_auth.connectivity import CheckResult, result_for
 from django_getpaid_auth.credentials import snapshot_of
-from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError
+from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError, printable
 from django_getpaid_auth.models import ClientCredential, Environment, get_tenant_model
 
 DEFAULT_WORKERS = 8
@@ -297,7 +299,7 @@ class Command(BaseCommand):
             "duration_ms": round(duration * 1000, 1),
             "results": [{**r.as_dict(), "tenant_key": keys[r.credential_id]} for r in results],
         }
-        self.stdout.write(json.dumps(document, indent=2, ensure_ascii=False))
+        self.stdout.write(_escape_json(json.dumps(document, indent=2, ensure_ascii=False)))
 
     def _write_table(
         self,
@@ -319,13 +321,13 @@ class Command(BaseCommand):
             rows = [
                 [
                     "OK" if r.ok else "FAIL",
-                    keys[r.credential_id],
-                    r.environment,
-                    r.client_id,
+                    printable(keys[r.credential_id]),
+                    printable(r.environment),
+                    printable(r.client_id),
                     "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
                     _expires(r.expires_at, now),
-                    _scopes(r),
-                    r.error,
+                    printable(_scopes(r)),
+                    printable(r.error),
                 ]
                 for r in results
             ]
@@ -341,23 +343,26 @@ class Command(BaseCommand):
                 details = [
                     f"credential_id={r.credential_id}",
                     f"tenant={r.tenant!r}",
-                    f"requested={' '.join(r.requested_scopes) or '-'}",
-                    f"granted={' '.join(r.granted_scopes) or '-'}",
+                    f"requested={printable(' '.join(r.requested_scopes)) or '-'}",
+                    f"granted={printable(' '.join(r.granted_scopes)) or '-'}",
                 ]
                 if fingerprint_of.get(r.credential_id):
                     details.append(f"token_fingerprint={fingerprint_of[r.credential_id]}")
                 if r.api_status is not None:
                     details.append(f"api_status={r.api_status}")
                 if r.error_type:
-                    details.append(f"error_type={r.error_type}")
+                    details.append(f"error_type={printable(r.error_type)}")
                 details.append(f"checked_at={r.checked_at.isoformat()}")
-                self.stdout.write(f"{keys[r.credential_id]}/{r.environment}: " + " ".join(details))
+                where = printable(f"{keys[r.credential_id]}/{r.environment}")
+                self.stdout.write(f"{where}: " + " ".join(details))
         if verbosity >= 3:
             self.stdout.write(
-                f"token_url={getpaid_settings.TOKEN_URL} workers={workers} "
-                + " ".join(
-                    f"{name}.api_url={env.get('API_URL', '')}"
-                    for name, env in sorted(getpaid_settings.environments.items())
+                printable(
+                    f"token_url={getpaid_settings.TOKEN_URL} workers={workers} "
+                    + " ".join(
+                        f"{name}.api_url={env.get('API_URL', '')}"
+                        for name, env in sorted(getpaid_settings.environments.items())
+                    )
                 )
             )
         if verbosity >= 1:
@@ -398,6 +403,32 @@ def _crashed(credential: ClientCredential, exc: Exception) -> CheckResult:
         error=f"Unexpected error during the check: {type(exc).__name__}",
         error_type=type(exc).__name__,
     )
+
+
+# Outside printable ASCII (and the newlines json.dumps puts between lines): checked below.
+_NOT_ASCII = re.compile(r"[^\x20-\x7e\n]")
+# Control (C0, DEL, C1), format (bidi overrides, zero-width...), surrogate, separator.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    code = ord(char)
+    if code > 0xFFFF:  # UTF-16 surrogate pair, as JSON spells it
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _escape_json(document: str) -> str:
+    """Characters that could rewrite a terminal written as JSON escapes.
+
+    Such characters only occur inside JSON strings, where ``\\uXXXX`` means the same: the
+    parsed document is unchanged.
+    """
+    return _NOT_ASCII.sub(_json_escape, document)
 
 
 def _line(cells: Sequence[str], widths: Sequence[int]) -> str:
