@@ -18,6 +18,7 @@ from typing import Any
 
 from django.core import checks
 from django.db import models
+from django.views.decorators.debug import sensitive_variables
 
 from . import crypto
 from .exceptions import CredentialDecryptionError, EncryptedFieldLookupError
@@ -36,6 +37,7 @@ class EncryptedDescriptor:
     def __init__(self, field: EncryptedTextField) -> None:
         self.field = field
 
+    @sensitive_variables()
     def __get__(self, instance: models.Model | None, owner: type) -> Any:
         if instance is None:
             return self
@@ -53,6 +55,7 @@ class EncryptedDescriptor:
                 ) from None
         return value
 
+    @sensitive_variables()
     def __set__(self, instance: models.Model, value: Any) -> None:
         instance.__dict__[self.field.attname] = value
 
@@ -90,6 +93,7 @@ class EncryptedTextField(models.TextField):
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         return None if value is None else Ciphertext(value)
 
+    @sensitive_variables()
     def to_python(self, value: Any) -> Any:
         if value is None or isinstance(value, Ciphertext):
             return value
@@ -100,9 +104,11 @@ class EncryptedTextField(models.TextField):
             return value
         return Ciphertext(value)
 
+    @sensitive_variables()
     def pre_save(self, model_instance: models.Model, add: bool) -> Any:
         return model_instance.__dict__.get(self.attname)
 
+    @sensitive_variables()
     def get_db_prep_save(self, value: Any, connection: Any) -> Any:
         if value is None:
             return None
@@ -110,6 +116,7 @@ class EncryptedTextField(models.TextField):
             return str(value)
         return crypto.encrypt(str(value))
 
+    @sensitive_variables()
     def value_from_object(self, obj: models.Model) -> Any:
         """Serializers (dumpdata) get ciphertext, never the plaintext secret."""
         value = obj.__dict__.get(self.attname)

@@ -38,7 +38,7 @@ class Command(BaseCommand):
                     continue
                 try:
                     new = crypto.rotate(ciphertext)
-                except crypto.InvalidToken:
+                except crypto.InvalidToken:  # wrong key, or not a Fernet token at all
                     failed.append(str(pk))
                     continue
                 if not dry_run:
@@ -49,7 +49,10 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"No configured key decrypts the secret of credential(s) pk="
                     f"{', '.join(failed)}; nothing was changed. Add the missing key to "
-                    'GETPAID_AUTH["ENCRYPTION_KEYS"] (after the new first key) and run again.',
+                    'GETPAID_AUTH["ENCRYPTION_KEYS"] (after the new first key) and run again; '
+                    "a stored value that is not a Fernet token at all (legacy plaintext, "
+                    "corrupted data) cannot be decrypted by any key: enter that secret again "
+                    "in the admin.",
                     returncode=1,
                 )
         verb = "would be re-encrypted" if dry_run else "re-encrypted"
