@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
 from django.utils import formats, timezone
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 
 from .models import ClientCredential
 from .scopes import KNOWN_SCOPES, join_scopes, split_scopes, unknown_scopes, validate_scopes
@@ -85,6 +86,7 @@ class ClientCredentialForm(forms.ModelForm):
         validate_scopes(value)
         return split_scopes(value)
 
+    @sensitive_variables()
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         missing = SECRET_FIELD in self.fields and not cleaned.get(SECRET_FIELD)
@@ -102,6 +104,18 @@ class ClientCredentialForm(forms.ModelForm):
         known = [s for s in KNOWN_SCOPES if s in chosen]
         return split_scopes([*known, *self.cleaned_data["other_scopes"]])
 
+    #: Validate the one-active-credential constraint in this form (see below).
+    validates_active_constraint = True
+
+    def _get_validation_exclusions(self) -> Any:
+        # The constraint is on the generated ``active_environment``, never a form field,
+        # so Django would skip it; it can be validated from tenant, environment and
+        # is_active (Django skips it by itself when one of those is excluded).
+        exclude = super()._get_validation_exclusions()
+        if self.validates_active_constraint:
+            exclude.discard("active_environment")
+        return exclude
+
     def _post_clean(self) -> None:
         # Written before the model's own validation so constraints see the final values.
         scopes = self.requested_scopes()
@@ -114,6 +128,7 @@ class ClientCredentialForm(forms.ModelForm):
     def secret_changed(self) -> bool:
         return bool(self.cleaned_data.get(SECRET_FIELD)) if hasattr(self, "cleaned_data") else False
 
+    @sensitive_variables()
     def save(self, commit: bool = True) -> ClientCredential:
         secret = self.cleaned_data.get(SECRET_FIELD)
         if secret:
@@ -130,6 +145,10 @@ class InlineClientCredentialForm(ClientCredentialForm):
     """
 
     new_client_id = forms.CharField(label=_("Client ID"), max_length=255)
+    # A model formset compares only form fields across its rows, so it would see every
+    # row as (tenant,) and call them duplicates: ClientCredentialInlineFormSet checks
+    # the rule across the rows instead.
+    validates_active_constraint = False
 
     class Meta:
         model = ClientCredential

@@ -12,6 +12,7 @@ from django.apps import apps
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 
 from . import crypto
 from .conf import TENANT_MODEL_SETTING, get_tenant_model_label, getpaid_settings
@@ -76,6 +77,16 @@ class ClientCredential(models.Model):
         help_text=_("Space-separated getpaid scopes, e.g. payments:read accounts:read."),
     )
     is_active = models.BooleanField(_("active"), default=True)
+    # The environment while active, NULL while inactive: computed by the database, so the
+    # unique (tenant, active_environment) constraint below holds for every write (create,
+    # QuerySet.update, raw SQL, concurrent saves) on every database, MariaDB/MySQL included,
+    # where Django skips conditional unique constraints. NULLs never collide.
+    active_environment = models.GeneratedField(
+        expression=models.Case(models.When(is_active=True, then=models.F("environment"))),
+        output_field=models.CharField(max_length=16, null=True),
+        db_persist=True,
+        verbose_name=_("environment while active"),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -90,8 +101,7 @@ class ClientCredential(models.Model):
         ordering = ["tenant_id", "environment", "-is_active", "pk"]
         constraints = [
             models.UniqueConstraint(
-                fields=["tenant", "environment"],
-                condition=models.Q(is_active=True),
+                fields=["tenant", "active_environment"],
                 name="getpaid_auth_one_active_credential",
                 violation_error_message=_(
                     "This tenant already has an active credential for this environment."
@@ -138,6 +148,7 @@ class ClientCredential(models.Model):
     def secret_is_stored(self) -> bool:
         return self.__dict__.get("client_secret") not in (None, "")
 
+    @sensitive_variables()
     def _track_secret_change(self) -> None:
         """Give the secret a new version when (and only when) its plaintext changed."""
         current = self.__dict__.get("client_secret")

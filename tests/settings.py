@@ -47,6 +47,11 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite://:memory:")}
+if DATABASES["default"].get("ENGINE") == "django.db.backends.mysql":  # MariaDB / MySQL
+    # Full Unicode in the test database too (non-ASCII secrets, names), whatever the
+    # server's default character set.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("charset", "utf8mb4")
+    DATABASES["default"].setdefault("TEST", {}).setdefault("CHARSET", "utf8mb4")
 
 REDIS_URL = env.str("REDIS_URL", default="")
 CACHES = {

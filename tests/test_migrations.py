@@ -93,9 +93,78 @@ def test_project_with_its_own_tenant_model(tmp_path):
         print("FK", ClientCredential._meta.get_field("tenant").related_model._meta.label)
         print("REL", org.getpaid_credentials.count())
         print("BUILTIN TABLE", "django_getpaid_auth_tenant" in connection.introspection.table_names())
+        print("ACTIVE", list(ClientCredential.objects.values_list("active_environment", flat=True)))
+        from django.db import IntegrityError
+        try:
+            ClientCredential.objects.create(tenant=org, client_id="id2", client_secret="s")
+        except IntegrityError:
+            print("SECOND ACTIVE REFUSED")
         """,
     )
     assert result.returncode == 0, result.stderr
     assert "FK testapp.Organization" in result.stdout
     assert "REL 1" in result.stdout
     assert "BUILTIN TABLE False" in result.stdout
+    assert "ACTIVE ['sandbox']" in result.stdout
+    assert "SECOND ACTIVE REFUSED" in result.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0002_keeps_existing_rows_and_explains_duplicate_active_credentials():
+    """The upgrade on the suite's database (SQLite, PostgreSQL or MariaDB).
+
+    Duplicate active rows can exist where 0001's conditional constraint was never
+    created (MariaDB/MySQL); elsewhere it is dropped first to reproduce that database.
+    """
+    from django.core.management.base import CommandError
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from django_getpaid_auth.models import ClientCredential
+
+    call_command("migrate", "django_getpaid_auth", "0001", verbosity=0)
+    try:
+        state = MigrationExecutor(connection).loader.project_state(
+            ("django_getpaid_auth", "0001_initial")
+        )
+        OldTenant = state.apps.get_model("django_getpaid_auth", "Tenant")
+        OldCredential = state.apps.get_model("django_getpaid_auth", "ClientCredential")
+        [old_constraint] = OldCredential._meta.constraints
+        with connection.schema_editor() as editor:
+            editor.remove_constraint(OldCredential, old_constraint)
+        tenant = OldTenant.objects.create(slug="dup", name="Dup")
+        rows = {
+            name: OldCredential.objects.create(
+                tenant=tenant,
+                environment=environment,
+                client_id=name,
+                client_secret="s",
+                is_active=active,
+            ).pk
+            for name, environment, active in (
+                ("a", "sandbox", True),
+                ("b", "sandbox", True),
+                ("c", "live", True),
+                ("d", "sandbox", False),
+            )
+        }
+
+        with pytest.raises(CommandError) as excinfo:
+            call_command("migrate", "django_getpaid_auth", verbosity=0)
+        message = str(excinfo.value)
+        assert (
+            f"tenant_id={tenant.pk} environment=sandbox: active credentials "
+            f"pk={rows['a']}, {rows['b']}" in message
+        )
+        assert "environment=live" not in message
+        assert "Deactivate all but one" in message
+        assert "Nothing was changed" in message
+
+        OldCredential.objects.filter(pk=rows["b"]).update(is_active=False)
+        with connection.schema_editor() as editor:  # back as 0001 left it (0002 drops it)
+            editor.add_constraint(OldCredential, old_constraint)
+        call_command("migrate", "django_getpaid_auth", verbosity=0)
+        computed = dict(ClientCredential.objects.values_list("client_id", "active_environment"))
+        assert computed == {"a": "sandbox", "b": None, "c": "live", "d": None}
+    finally:
+        call_command("migrate", "django_getpaid_auth", verbosity=0)

@@ -234,3 +234,170 @@ def test_database_checks_before_migrate_do_not_crash():
         assert "django_getpaid_auth.E010" not in ids
     finally:
         call_command("migrate", "django_getpaid_auth", verbosity=0)
+
+
+# --- one active credential per tenant and environment: enforced by the database --------
+
+
+def test_one_active_rule_is_a_unique_constraint_in_the_database_schema():
+    """Not a conditional (partial) index, which Django skips on MariaDB/MySQL (W036)."""
+    table = ClientCredential._meta.db_table
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, table)
+    unique_columns = [c["columns"] for c in constraints.values() if c["unique"]]
+    assert ["tenant_id", "active_environment"] in unique_columns
+
+
+def test_active_environment_is_computed_by_the_database():
+    tenant = make_tenant()
+    active = make_credential(tenant, environment="live")
+    inactive = make_credential(tenant, environment="live", is_active=False, client_id="old")
+    rows = dict(ClientCredential.objects.values_list("pk", "active_environment"))
+    assert rows == {active.pk: "live", inactive.pk: None}
+    ClientCredential.objects.filter(pk=active.pk).update(is_active=False)
+    ClientCredential.objects.filter(pk=inactive.pk).update(is_active=True)
+    rows = dict(ClientCredential.objects.values_list("pk", "active_environment"))
+    assert rows == {active.pk: None, inactive.pk: "live"}
+
+
+def test_queryset_update_cannot_activate_a_second_credential():
+    tenant = make_tenant()
+    make_credential(tenant, environment="sandbox")
+    spare = make_credential(tenant, environment="sandbox", is_active=False, client_id="spare")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ClientCredential.objects.filter(pk=spare.pk).update(is_active=True)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ClientCredential.objects.bulk_create(
+            [
+                ClientCredential(
+                    tenant=tenant, environment="sandbox", client_id="bulk", client_secret="s"
+                )
+            ]
+        )
+    assert ClientCredential.objects.filter(tenant=tenant, is_active=True).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_saves_cannot_both_activate():
+    """Two open transactions each insert an active credential: only one can commit."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers; the race needs a server database")
+    import threading
+
+    tenant = make_tenant()
+    first_inserted = threading.Event()
+    second_done = threading.Event()
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                make_credential(tenant, client_id="first")
+                first_inserted.set()
+                second_done.wait(1)  # meanwhile the second insert runs (and waits on us)
+        finally:
+            first_inserted.set()
+            connection.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_inserted.wait(10)
+    try:
+        with pytest.raises(IntegrityError), transaction.atomic():
+            make_credential(tenant, client_id="second")
+    finally:
+        second_done.set()
+        thread.join(10)
+    assert list(ClientCredential.objects.values_list("client_id", flat=True)) == ["first"]
+
+
+def test_validation_allows_inactive_duplicates_and_other_environments():
+    tenant = make_tenant()
+    make_credential(tenant)
+    for environment, is_active in (("sandbox", False), ("live", True)):
+        ClientCredential(
+            tenant=tenant,
+            environment=environment,
+            client_id="x",
+            client_secret="y",
+            scopes="",
+            is_active=is_active,
+        ).full_clean()
+
+
+# --- malformed stored secrets (legacy plaintext, corruption): undecryptable, not a crash --
+
+NON_ASCII_SECRET = "pässwort-legacy-plaintext"
+
+
+def store_raw_secret(pk: int, value: str) -> None:
+    """Write the column directly: the field would encrypt a str value."""
+    table = ClientCredential._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET client_secret = %s WHERE id = %s", [value, pk])
+
+
+@pytest.mark.parametrize(
+    "token", ["gAAAAAé-not-ascii", NON_ASCII_SECRET, "not a token", "", b"gAAAAA", None, 42]
+)
+def test_decrypt_and_rotate_raise_invalid_token_for_any_malformed_value(token):
+    from django_getpaid_auth import crypto
+
+    with pytest.raises(crypto.InvalidToken):
+        crypto.decrypt(token)
+    with pytest.raises(crypto.InvalidToken):
+        crypto.rotate(token)
+
+
+def test_non_ascii_stored_secret_reads_as_undecryptable():
+    import responses
+
+    from django_getpaid_auth import get_token
+
+    credential = make_credential()
+    store_raw_secret(credential.pk, NON_ASCII_SECRET)
+    loaded = ClientCredential.objects.get(pk=credential.pk)
+    with pytest.raises(CredentialDecryptionError, match=f"pk={credential.pk}"):
+        loaded.client_secret  # noqa: B018
+    loaded.refresh_from_db()
+    with responses.RequestsMock() as no_network:  # decrypts before any request is made
+        with pytest.raises(CredentialDecryptionError, match=f"pk={credential.pk}") as excinfo:
+            get_token(credential.tenant, "sandbox")
+        assert not no_network.calls
+    assert NON_ASCII_SECRET not in str(excinfo.value)
+
+
+def test_non_ascii_stored_secret_can_be_replaced(canary):
+    credential = make_credential()
+    store_raw_secret(credential.pk, NON_ASCII_SECRET)
+    loaded = ClientCredential.objects.get(pk=credential.pk)
+    loaded.is_active = False  # other fields save, the stored value is left as it is
+    loaded.save()
+    assert raw_secret(credential.pk) == NON_ASCII_SECRET
+    loaded.client_secret = canary
+    loaded.save()
+    assert raw_secret(credential.pk).startswith("gAAAAA")
+    assert ClientCredential.objects.get(pk=credential.pk).client_secret == canary
+
+
+def test_field_to_python_keeps_a_non_ascii_value_as_plaintext():
+    field = ClientCredential._meta.get_field("client_secret")
+    value = field.to_python(NON_ASCII_SECRET)
+    assert value == NON_ASCII_SECRET
+    assert type(value) is str  # not taken for stored ciphertext: it will be encrypted
+
+
+def test_rotation_reports_a_non_ascii_row_as_undecryptable(settings):
+    good = make_credential()
+    bad = make_credential()
+    store_raw_secret(bad.pk, NON_ASCII_SECRET)
+    keys(settings, TEST_KEY_B, TEST_KEY_A)
+    before = raw_secret(good.pk)
+    for options in ((), ("--dry-run",)):
+        with pytest.raises(CommandError, match=f"pk={bad.pk}") as excinfo:
+            call_command("getpaid_rotate_keys", *options, stdout=StringIO())
+        assert excinfo.value.returncode == 1
+        assert NON_ASCII_SECRET not in str(excinfo.value)
+    assert raw_secret(good.pk) == before  # all or nothing: rolled back
+    store_raw_secret(bad.pk, ClientCredential.objects.get(pk=good.pk).__dict__["client_secret"])
+    call_command("getpaid_rotate_keys", stdout=StringIO())
+    assert raw_secret(good.pk) != before
