@@ -232,6 +232,25 @@ class HealthFilter(admin.SimpleListFilter):
 # --- shared helpers ---------------------------------------------------------------------
 
 
+def hide_secret_post_parameters(request: HttpRequest) -> None:
+    """Mark the POSTed client secret fields sensitive for Django's error reports.
+
+    Like ``sensitive_post_parameters``, but for every field named ``new_client_secret``,
+    prefixed or not (inline rows are ``<prefix>-<n>-new_client_secret``): a 500 while
+    saving then e-mails ``ADMINS`` stars instead of the secret (reports with
+    ``DEBUG=False``; a ``DEBUG=True`` page shows everything, by Django's design).
+    """
+    if request.method != "POST":
+        return
+    names = [
+        name for name in request.POST if name == SECRET_FIELD or name.endswith(f"-{SECRET_FIELD}")
+    ]
+    current = getattr(request, "sensitive_post_parameters", None) or []
+    if current == "__ALL__":
+        return
+    request.sensitive_post_parameters = [*current, *(n for n in names if n not in current)]
+
+
 def secret_free_change_message(message: list[dict[str, Any]], form: Any) -> list[dict[str, Any]]:
     """Name the secret field "client secret" in history; values are never stored anyway."""
     field = getattr(form, "fields", {}).get(SECRET_FIELD)
@@ -485,6 +504,16 @@ class ClientCredentialAdmin(admin.ModelAdmin):
 
     # --- saving and history
 
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        hide_secret_post_parameters(request)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
     def render_change_form(
         self,
         request: HttpRequest,
@@ -662,6 +691,11 @@ class ClientCredentialInline(admin.TabularInline):
         """Existing rows are shown read-only; the change link edits them."""
         return False
 
+    def get_formset(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        # Also protects the secret when a project puts this inline in its own tenant admin.
+        hide_secret_post_parameters(request)
+        return super().get_formset(request, obj, **kwargs)
+
     # Read-only displays of saved rows (same names as the form fields they stand for).
 
     @admin.display(description=_("Client ID"))
@@ -694,6 +728,16 @@ class TenantAdmin(admin.ModelAdmin):
         return (
             super().get_queryset(request).annotate(_credential_count=Count("getpaid_credentials"))
         )
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        hide_secret_post_parameters(request)
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     @admin.display(description=_("credentials"), ordering="_credential_count")
     def credential_count(self, obj: Any) -> int:

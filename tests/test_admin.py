@@ -700,6 +700,44 @@ def test_undecryptable_row_can_be_saved_and_fixed(
         Fernet(TEST_KEY_A).decrypt(raw_secret(undecryptable.pk).encode())
 
 
+def test_non_ascii_stored_secret_change_page_renders_and_secret_can_be_reentered(
+    admin_client_for, superuser, credential, canary
+):
+    """Legacy plaintext / corrupted data in the column: undecryptable, never a 500."""
+    legacy = "pässwort-legacy-plaintext"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {ClientCredential._meta.db_table} SET client_secret = %s WHERE id = %s",
+            [legacy, credential.pk],
+        )
+    client = admin_client_for(superuser)
+    response = client.get(changelist_url())
+    assert response.status_code == 200
+    assert ">cannot decrypt: check ENCRYPTION_KEYS<" in body(response)
+    response = client.get(change_url(credential))
+    assert response.status_code == 200
+    assert "cannot decrypt: check ENCRYPTION_KEYS" in body(response)
+    assert legacy not in body(response)
+    data = form_data(credential.tenant, client_id=credential.client_id)
+    response = client.post(change_url(credential), {**data, "new_client_secret": canary})
+    assert response.status_code == 302
+    assert raw_secret(credential.pk).startswith("gAAAAA")
+    assert ClientCredential.objects.get(pk=credential.pk).client_secret == canary
+
+
+def test_activating_a_second_credential_on_its_change_page_is_a_form_error(
+    admin_client_for, superuser, credential, canary
+):
+    spare = make_credential(credential.tenant, client_id="spare-client-id-1", is_active=False)
+    data = form_data(credential.tenant, client_id=spare.client_id, is_active="on")
+    response = admin_client_for(superuser).post(change_url(spare), data)
+    assert response.status_code == 200
+    assert response.context["adminform"].form.non_field_errors() == [
+        "This tenant already has an active credential for this environment."
+    ]
+    assert not ClientCredential.objects.get(pk=spare.pk).is_active
+
+
 # --- tenant admin -------------------------------------------------------------------------
 
 
