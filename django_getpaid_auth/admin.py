@@ -28,9 +28,9 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import override as translation_override
 
-from . import cache_backend, clock, connectivity, credentials, crypto, token_store
+from . import clock, connectivity, credentials, crypto, token_store
 from .conf import getpaid_settings
-from .exceptions import GetpaidAuthError, TokenRequestError
+from .exceptions import GetpaidAuthError
 from .fields import Ciphertext
 from .forms import (
     SECRET_FIELD,
@@ -95,55 +95,36 @@ class TokenState:
 def token_states(rows: list[ClientCredential]) -> dict[Any, TokenState]:
     """Token state of every row, with ONE cache ``get_many`` for all of them.
 
-    Reads the token entries (expiry only, nothing decrypted) and the failure memory
-    (the last token error, still in its back-off window) together.
+    The token store reads the token entries (expiry only, nothing decrypted) and the
+    failure memory (the last token error, still in its back-off window) together, and
+    treats anything malformed in the cache as absent.
     """
     states: dict[Any, TokenState] = {}
-    keys: dict[str, tuple[Any, str]] = {}
+    snapshots = []
     for row in rows:
         problem = secret_problem(row)
         if problem:
             states[row.pk] = TokenState("error", error=problem)
             continue
         try:
-            snapshot = credentials.snapshot_of(row, 0)
+            snapshots.append(credentials.snapshot_of(row, None))
         except GetpaidAuthError as exc:
             states[row.pk] = TokenState("error", error=str(exc))
-            continue
-        keys[token_store.token_key(snapshot)] = (row.pk, "token")
-        keys[token_store.failure_key(snapshot)] = (row.pk, "failure")
-    found = cache_backend.get_many(list(keys)) if keys else {}
     now = clock.now()
-    entries: dict[Any, dict[str, Any]] = {}
-    failures: dict[Any, str] = {}
-    for key, value in found.items():
-        pk, kind = keys[key]
-        if kind == "token" and token_store.is_entry(value):
-            entries[pk] = value
-        elif kind == "failure" and isinstance(value, dict) and value.get("until", 0) > now:
-            try:
-                failures[pk] = str(TokenRequestError.from_dict(value["error"]))
-            except (KeyError, TypeError):
-                failures[pk] = str(_("token request failed"))
-    for pk, _kind in keys.values():
-        if pk in states:
-            continue
-        entry = entries.get(pk)
-        last_error = failures.get(pk, "")
-        if entry is None:
+    for pk, cached in token_store.cached_states(snapshots).items():
+        last_error = str(cached.failure) if cached.failure is not None else ""
+        if cached.expires_at is None or cached.usable_until is None:
             states[pk] = TokenState("none", last_error=last_error)
-            continue
-        expires = float(entry["exp"])
-        if now >= token_store.usable_until(entry):
-            states[pk] = TokenState("expired", expires_at=from_timestamp(expires))
-            continue
-        states[pk] = TokenState(
-            "valid",
-            expires_at=from_timestamp(expires),
-            remaining=expires - now,
-            refresh_due=now >= float(entry["refresh"]),
-            last_error=last_error,
-        )
+        elif now >= cached.usable_until:
+            states[pk] = TokenState("expired", expires_at=from_timestamp(cached.expires_at))
+        else:
+            states[pk] = TokenState(
+                "valid",
+                expires_at=from_timestamp(cached.expires_at),
+                remaining=cached.expires_at - now,
+                refresh_due=cached.refresh_at is not None and now >= cached.refresh_at,
+                last_error=last_error,
+            )
     return states
 
 

@@ -902,3 +902,24 @@ def test_test_connection_refuses_too_many_rows(
     assert [lvl for lvl, _ in messages_of(response)] == ["warning"]
     assert "getpaid_check" in messages_of(response)[0][1]
     assert fake_getpaid_settings.token_request_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("token_entry", "failure_entry"),
+    [
+        ({"ct": "é", "exp": "soon", "refresh": None, "until": 1e300}, "junk"),
+        ({"ct": "x", "exp": float("nan"), "refresh": 1, "until": 1}, {"until": "later"}),
+        ([1, 2], {"until": 1.7e9 + 10**9, "error": {"class": 5}}),
+    ],
+)
+def test_list_and_change_page_survive_garbage_in_the_cache(
+    admin_client_for, superuser, credential, token_entry, failure_entry
+):
+    """Anyone who can write to the cache must not be able to break the admin."""
+    snapshot = credentials.snapshot_of(credential, None)
+    cache_backend.set(token_store.token_key(snapshot), token_entry, timeout=60)
+    cache_backend.set(token_store.failure_key(snapshot), failure_entry, timeout=60)
+    client = admin_client_for(superuser)
+    listing = client.get(changelist_url())
+    assert listing.status_code == 200 and "no token" in body(listing)
+    assert client.get(change_url(credential)).status_code == 200
