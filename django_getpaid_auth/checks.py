@@ -31,7 +31,39 @@ def _is_http_url(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port that is not 0-65535)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_host_entry(value: Any) -> bool:
+    """``"host"`` or ``"host:port"``, as ALLOWED_API_HOSTS takes them."""
+    return isinstance(value, str) and bool(value) and _is_http_url(f"https://{value}")
+
+
+@register()
+def check_allowed_api_hosts(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    hosts = getpaid_settings.ALLOWED_API_HOSTS
+    if not isinstance(hosts, (list, tuple)):
+        return [
+            Error(
+                f'{SETTING_NAME}["ALLOWED_API_HOSTS"] must be a list of "host" or '
+                '"host:port" strings.',
+                id="django_getpaid_auth.E007",
+            )
+        ]
+    return [
+        Error(
+            f'{SETTING_NAME}["ALLOWED_API_HOSTS"] has {entry!r}, which is not "host" or '
+            '"host:port" (port 0-65535).',
+            hint="Write the host name only, without a scheme or path.",
+            id="django_getpaid_auth.E007",
+        )
+        for entry in hosts
+        if not _is_host_entry(entry) or "/" in entry or "@" in entry
+    ]
 
 
 @register(Tags.security)

@@ -184,3 +184,23 @@ def test_good_numbers_are_quiet(settings):
         UNAUTHORIZED_REFETCH_PAUSE=0,
     )
     assert "django_getpaid_auth.E007" not in ids()
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [["api.example.com:99999"], ["https://api.example.com"], ["api.example.com/v2"], "x.io"],
+)
+def test_malformed_allowed_api_host_is_an_error(settings, entries):
+    patch(settings, ALLOWED_API_HOSTS=entries)
+    messages = [m for m in run_checks() if m.id == "django_getpaid_auth.E007"]
+    assert len(messages) == 1 and "ALLOWED_API_HOSTS" in messages[0].msg
+
+
+def test_good_allowed_api_hosts_are_quiet(settings):
+    patch(settings, ALLOWED_API_HOSTS=["proxy.example.com", "API.example.com:8443"])
+    assert "django_getpaid_auth.E007" not in ids()
+
+
+def test_api_url_with_an_invalid_port_is_an_error(settings):
+    patch(settings, ENVIRONMENTS={"sandbox": {"API_URL": "https://api.example.com:70000"}})
+    assert "django_getpaid_auth.E003" in ids()
