@@ -180,14 +180,14 @@ def _may_refetch(snapshot: CredentialSnapshot, rejected: AccessToken) -> bool:
     if pause <= 0:
         return True
     now = clock.now()
-    state = cache_backend.get(_unauthorized_key(snapshot))
-    if isinstance(state, dict):
-        if float(state.get("paused_until", 0.0)) > now:
+    state = _unauthorized_state(cache_backend.get(_unauthorized_key(snapshot)), now, pause)
+    if state is not None:
+        rejected_at, fingerprint, paused_until = state
+        if paused_until > now:
             return False
-        rejected_at = float(state.get("rejected_at", 0.0))
         if (
             now - rejected_at < pause
-            and rejected.fingerprint != state.get("fingerprint")
+            and rejected.fingerprint != fingerprint
             and rejected.obtained_at.timestamp() >= rejected_at - _SAME_MOMENT
         ):
             _pause_refetch(snapshot, rejected)  # a replacement was refused as well
@@ -198,6 +198,34 @@ def _may_refetch(snapshot: CredentialSnapshot, rejected: AccessToken) -> bool:
         timeout=math.ceil(pause) + 1,
     )
     return True
+
+
+def _unauthorized_state(value: Any, now: float, pause: float) -> tuple[float, str, float] | None:
+    """(rejected_at, fingerprint, paused_until) from the cache, or None if malformed.
+
+    Whoever can write to the cache must not crash callers, nor pause longer than the
+    setting allows: times outside [now - pause, now + pause] read as absent.
+    """
+    if not isinstance(value, dict):
+        return None
+    rejected_at, paused_until = value.get("rejected_at"), value.get("paused_until")
+    fingerprint = value.get("fingerprint")
+    if not isinstance(fingerprint, str) or not all(
+        _plausible_time(v) for v in (rejected_at, paused_until)
+    ):
+        return None
+    if not (now - pause <= rejected_at <= now + 1) or paused_until > now + pause:
+        return None
+    return float(rejected_at), fingerprint, float(paused_until)
+
+
+def _plausible_time(value: Any) -> bool:
+    """A finite number of epoch seconds (0 allowed: "not paused"), never an exception."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 10**11
+    return math.isfinite(value) and 0 <= value < 1e11
 
 
 def _replacement_accepted(snapshot: CredentialSnapshot) -> None:

@@ -44,20 +44,22 @@ def _tenant_pre_save(sender: Any, instance: Any, raw: bool = False, **kwargs: An
 
     field = getpaid_settings.TENANT_KEY_FIELD
     update_fields = kwargs.get("update_fields")
-    unchanged = False
-    if update_fields is not None and field not in update_fields:
+    if raw:  # loaddata: may overwrite an existing row's key, nothing to compare cheaply
+        unchanged = False
+    elif update_fields is not None and field not in update_fields:
         unchanged = True
-    elif instance.pk is not None and not instance._state.adding:
+    elif instance.pk is None:
+        # A new tenant takes a key nobody holds (the key is unique): nothing to reload.
+        unchanged = True
+    else:
+        # An explicit pk may UPDATE an existing row even when _state.adding is set.
         stored = (
             sender._base_manager.using(kwargs.get("using") or instance._state.db)
             .filter(pk=instance.pk)
             .values_list(field, flat=True)
             .first()
         )
-        unchanged = stored is not None and stored == getattr(instance, field, None)
-    elif instance._state.adding:
-        # A new tenant takes a key nobody holds (the key is unique): nothing to reload.
-        unchanged = True
+        unchanged = stored is None or stored == getattr(instance, field, None)
     setattr(instance, _KEY_UNCHANGED, unchanged)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import html
 import http.client
 import json
 import logging
@@ -73,7 +74,6 @@ MAX_ERROR = 60
 # A secret (or form of it) shorter than this is masked only where it stands alone (not
 # inside a longer run of letters and digits): masking every "a" of a one-letter test
 # secret would garble every message. Longer ones are masked wherever they occur.
-MIN_SCRUB_LENGTH = 8
 MAX_HEADER_TEXT = 200
 # Longest lifetime believed from ``expires_in``: a larger value is capped to this (the
 # token is then refreshed well before a year has passed; the API's 401 triggers a refetch
@@ -648,6 +648,8 @@ def _secret_forms(secret: str) -> list[str]:
         quote_plus(plain),
         " ".join(plain.split()),
         printable(plain),
+        html.escape(plain),
+        html.escape(plain, quote=False),
     }
     return sorted((form for form in forms if form), key=len, reverse=True)
 
@@ -656,7 +658,7 @@ def _secret_forms(secret: str) -> list[str]:
 def _scrub(text: Any, secret: str, limit: int = MAX_DESCRIPTION) -> str:
     """Server text made safe to show: secret masked first, then one printable line, cut.
 
-    The secret (any length, see MIN_SCRUB_LENGTH) is replaced in the raw text before
+    The secret (any length) is replaced in the raw text before
     whitespace is collapsed, control characters escaped and the text truncated, so none
     of those steps can hide it from the replacement; the forms are replaced again after.
     """
@@ -670,15 +672,11 @@ def _scrub(text: Any, secret: str, limit: int = MAX_DESCRIPTION) -> str:
 
 @sensitive_variables()
 def _mask(text: str, forms: list[str]) -> str:
+    # Every occurrence, whatever the secret's length: a short secret garbles the message
+    # (every "s" of a one-letter secret "s" becomes ***), which is better than a leak.
     for form in forms:
-        if len(form) >= MIN_SCRUB_LENGTH:
+        if form:
             text = text.replace(form, "***")
-        elif form in text:
-            text = re.sub(
-                f"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])",
-                "***",
-                text,
-            )
     return text
 
 

@@ -94,6 +94,8 @@ def _epoch(value: Any) -> float | None:
     """``value`` as epoch seconds if it is a plausible one, else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    if isinstance(value, int) and not 0 < value < 10**11:
+        return None  # float() of a huge int raises OverflowError
     number = float(value)
     return number if _MIN_EPOCH <= number <= _MAX_EPOCH else None
 
@@ -252,7 +254,12 @@ def forget(snapshot: CredentialSnapshot, *, everywhere: bool = False) -> None:
     (a changed credential): it is then queued and replayed, never dropped.
     """
     _clear_process_memo()
-    keys = [token_key(snapshot), failure_key(snapshot), refresh_pause_key(snapshot)]
+    keys = [
+        token_key(snapshot),
+        failure_key(snapshot),
+        refresh_pause_key(snapshot),
+        snapshot.cache_key("unauthorized"),  # the session's 401 pause: a save starts afresh
+    ]
     if everywhere:
         cache_backend.write_shared("delete_many", keys)
     else:

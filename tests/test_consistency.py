@@ -412,3 +412,34 @@ def test_readable_expiry_cannot_be_extended(endpoint, fake_clock, field):
     service.clear_memo()
     token = get_token(tenant)
     assert token.value != old.value and endpoint.count == 2
+
+
+@pytest.mark.parametrize("how", ["explicit-pk", "loaddata"])
+def test_key_handed_over_by_an_explicit_pk_save_or_loaddata_is_announced(how, commit):
+    from django.core import serializers
+
+    a = make_tenant("acme", "A")
+    before = shared_generation()
+    with commit():
+        if how == "explicit-pk":
+            Tenant(pk=a.pk, slug="acme-old", name="A", created_at=a.created_at).save()
+        else:
+            data = serializers.serialize("json", [a]).replace('"acme"', '"acme-old"')
+            for obj in serializers.deserialize("json", data):
+                obj.save()
+    assert Tenant.objects.get(pk=a.pk).slug == "acme-old"
+    assert shared_generation() != before
+
+
+@pytest.mark.parametrize("where", ["token", "failure"])
+def test_huge_integers_under_our_keys_read_as_absent(endpoint, where):
+    tenant = make_tenant()
+    make_credential(tenant)
+    snapshot = credentials.resolve(tenant)
+    if where == "token":
+        planted = {"ct": "gAAAA", "exp": 10**400, "refresh": 10**400, "until": 10**400}
+        cache_backend.set(token_store.token_key(snapshot), planted, timeout=60)
+    else:
+        planted = {"until": 10**400, "error": {"class": "InvalidClientError"}}
+        cache_backend.set(token_store.failure_key(snapshot), planted, timeout=60)
+    assert get_token(tenant).value == endpoint.issued[0]

@@ -142,8 +142,10 @@ def test_audience_not_enabled(fake_getpaid_settings):
 
 def test_scope_not_granted(fake_getpaid_settings):
     tenant = make_tenant()
-    make_credential(tenant, client_id="narrow", client_secret="s", scopes="accounts:read")
-    fake_getpaid_settings.register_client("narrow", "s", scopes=("payments:read",))
+    make_credential(
+        tenant, client_id="narrow", client_secret="narrow-secret-1", scopes="accounts:read"
+    )
+    fake_getpaid_settings.register_client("narrow", "narrow-secret-1", scopes=("payments:read",))
     with pytest.raises(InvalidScopeError, match="accounts:read"):
         get_token(tenant)
 

@@ -776,3 +776,22 @@ def test_no_thread_or_socket_is_left_behind(hostile):
     watchdogs = [t for t in threading.enumerate() if t.name == "getpaid-token-deadline"]
     assert not watchdogs
     assert threading.active_count() <= before + 3  # only the server's own threads remain
+
+
+@pytest.mark.parametrize(
+    ("secret", "echo"),
+    [
+        ("abc12", "client_secret=abc12x was refused"),  # a short secret inside a word
+        ("p<ss&word-canary-5", "secret p&lt;ss&amp;word-canary-5 refused"),  # HTML-escaped
+    ],
+    ids=["short-inside-a-word", "html-escaped"],
+)
+def test_secret_echoed_inside_words_or_html_escaped_is_masked(endpoint, secret, echo, all_logs):
+    tenant = make_tenant()
+    make_credential(tenant, client_secret=secret)
+    endpoint.fail_next(auth0_error(400, "invalid_request", echo))
+    with pytest.raises(TokenRequestError) as excinfo:
+        get_token(tenant)
+    leaked = [secret, "p&lt;ss&amp;word-canary-5"]
+    assert not secret_leaks(error_texts(excinfo.value, all_logs), *leaked)
+    assert "***" in str(excinfo.value)

@@ -485,3 +485,49 @@ def test_a_callers_handled_exception_keeps_its_traceback(unreachable_token):
     callers = [e for e in chain if isinstance(e, KeyError)]
     assert callers and callers[0].__traceback__ is not None
     assert sys.exc_info() == (None, None, None)
+
+
+# --- the pause against a hostile cache, and a save ends it -------------------------------
+
+
+def test_saving_the_credential_ends_the_pause(
+    endpoint, rsps, sandbox_tenant, fake_clock, django_capture_on_commit_callbacks
+):
+    url = f"{API}/v2/payments/pay_1"
+    rsps.add(responses.GET, url, status=401)
+    for _ in range(3):
+        get_session(sandbox_tenant).get("/v2/payments/pay_1")
+    assert endpoint.count == 2  # paused
+    credential = sandbox_tenant.getpaid_credentials.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        credential.save()  # e.g. after fixing the client's API grant in getpaid
+    rsps.replace(responses.GET, url, status=401)
+    rsps.add(responses.GET, url, json={"id": "pay_1"})
+    response = get_session(sandbox_tenant).get("/v2/payments/pay_1")
+    assert response.status_code == 200 and endpoint.count == 4
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"paused_until": "soon", "rejected_at": 1, "fingerprint": "x"},
+        {"paused_until": None},
+        {"rejected_at": 10**400, "paused_until": 0.0, "fingerprint": "x"},
+        {"rejected_at": 0.0, "paused_until": float("inf"), "fingerprint": "x"},
+        {"rejected_at": 0.0, "paused_until": 1.6e10, "fingerprint": "x"},
+        "junk",
+    ],
+    ids=["text", "none", "huge-int", "inf", "year-2477", "not-a-dict"],
+)
+def test_garbage_under_the_pause_key_neither_crashes_nor_pauses(
+    endpoint, rsps, sandbox_tenant, planted
+):
+    from django_getpaid_auth import cache_backend
+
+    snapshot = credentials.resolve(sandbox_tenant)
+    cache_backend.set(snapshot.cache_key("unauthorized"), planted, timeout=600)
+    url = f"{API}/v2/payments/pay_1"
+    rsps.add(responses.GET, url, status=401)
+    rsps.add(responses.GET, url, json={"id": "pay_1"})
+    response = get_session(sandbox_tenant).get("/v2/payments/pay_1")
+    assert response.status_code == 200 and endpoint.count == 2
