@@ -85,7 +85,7 @@ def main() -> None:
 
         credentials.clear_local_snapshots()
         service.clear_memo()
-        token_store._clear_decrypted()
+        token_store.clear_decrypted()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         for i in range(args.tenants):

@@ -28,7 +28,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import override as translation_override
 
-from . import clock, connectivity, credentials, crypto, token_store
+from . import clock, connectivity, crypto, service
 from .conf import getpaid_settings
 from .exceptions import GetpaidAuthError
 from .fields import Ciphertext
@@ -107,11 +107,11 @@ def token_states(rows: list[ClientCredential]) -> dict[Any, TokenState]:
             states[row.pk] = TokenState("error", error=problem)
             continue
         try:
-            snapshots.append(credentials.snapshot_of(row, None))
+            snapshots.append(service.snapshot_of(row))
         except GetpaidAuthError as exc:
             states[row.pk] = TokenState("error", error=str(exc))
     now = clock.now()
-    for pk, cached in token_store.cached_states(snapshots).items():
+    for pk, cached in service.cached_states(snapshots).items():
         last_error = str(cached.failure) if cached.failure is not None else ""
         if cached.expires_at is None or cached.usable_until is None:
             states[pk] = TokenState("none", last_error=last_error)
@@ -605,7 +605,7 @@ class ClientCredentialAdmin(admin.ModelAdmin):
         cleared = 0
         for row in queryset.select_related("tenant"):
             try:
-                token_store.forget(credentials.snapshot_of(row, 0))
+                service.forget(service.snapshot_of(row))
             except GetpaidAuthError as exc:
                 self.message_user(
                     request,

@@ -9,6 +9,6 @@ class GetpaidAuthConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, signals  # noqa: F401  (registers checks and receivers)
+        from . import checks, receivers  # noqa: F401  (checks register on import)
 
-        signals.connect_tenant_receivers()
+        receivers.connect()

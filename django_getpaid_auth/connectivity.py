@@ -18,11 +18,11 @@ import requests
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from . import credentials, token_store
+from . import service
 from .conf import getpaid_settings
 from .exceptions import GetpaidAuthError
 from .models import ClientCredential, mask
-from .token_client import USER_AGENT
+from .user_agent import USER_AGENT
 
 
 @dataclass
@@ -41,6 +41,7 @@ class CheckResult:
     error: str = ""
     error_type: str = ""
     checked_at: datetime = field(default_factory=timezone.now)
+    fingerprint: str = ""  # of the token the check obtained (12 hex digits, never the token)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,16 +85,14 @@ def check_credential(
     result = result_for(credential)
     started = time.monotonic()
     try:
-        snapshot = credentials.snapshot_of(credential, credentials.read_generation())
-        if not use_cache:
-            token_store.forget(snapshot)  # a fresh token, and no remembered failure
-        token = token_store.get(snapshot)
+        snapshot, token = service.fetch_for_check(credential, use_cache=use_cache)
     except GetpaidAuthError as exc:
         result.latency_ms = (time.monotonic() - started) * 1000
         result.error, result.error_type = str(exc), type(exc).__name__
         return result
     result.latency_ms = (time.monotonic() - started) * 1000
     result.expires_at = token.expires_at
+    result.fingerprint = token.fingerprint
     result.granted_scopes = sorted(token.scopes)
     result.missing_scopes = [s for s in result.requested_scopes if s not in token.scopes]
     if result.missing_scopes:

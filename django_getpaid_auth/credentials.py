@@ -339,20 +339,3 @@ def identities_of(credential: Any) -> list[CredentialSnapshot]:
         "secret_version": credential.secret_version,
     }
     return found
-
-
-def credential_changed(credential: Any) -> None:
-    """After save/delete, once committed: forget its tokens and failure memory everywhere,
-    and make every process reload its snapshots."""
-    announce_committed_change(identities_of(credential))
-
-
-def announce_committed_change(identities: list[CredentialSnapshot]) -> None:
-    """The change is in the database: tell every process, then drop the old tokens."""
-    from . import token_store
-    from .service import clear_memo
-
-    bump_generation()
-    clear_memo()
-    for snapshot in identities:
-        token_store.forget(snapshot, everywhere=True)

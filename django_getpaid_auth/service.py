@@ -1,4 +1,9 @@
-"""The public token API: ``get_token`` and ``invalidate_token``, and the warm path.
+"""The service layer: the public token API, the warm path, and every way to forget.
+
+Everything above (sessions, the admin, commands, connectivity checks, signal receivers)
+calls this module only; below it, credentials, the token store and the token client
+never reach back up. This module owns the process-local token memo, so every way to
+forget or invalidate a token (and ``reset`` of all process state, for tests) lives here.
 
 The warm path costs no SQL and, most of the time, no I/O at all: each process keeps the
 token it last read for at most ``LOCAL_CACHE_TIMEOUT`` seconds (and never into the
@@ -14,7 +19,33 @@ from typing import Any
 from . import cache_backend, clock, credentials, token_store
 from .conf import getpaid_settings, on_settings_reset
 from .credentials import CredentialSnapshot, TenantRef
+from .token_store import CachedState
 from .tokens import AccessToken
+
+__all__ = [
+    "AccessToken",
+    "CachedState",
+    "CredentialSnapshot",
+    "TenantRef",
+    "cached_states",
+    "clear_memo",
+    "credential_changed",
+    "credential_for",
+    "current_token",
+    "fetch_for_check",
+    "forget",
+    "forget_if_current",
+    "get_token",
+    "identities_of",
+    "invalidate_token",
+    "may_refetch_after_401",
+    "replacement_accepted",
+    "replacement_rejected",
+    "reset",
+    "snapshot_of",
+    "tenant_key_changed",
+    "wait_for_background_refreshes",
+]
 
 # lookup key -> (trusted until, snapshot, token)
 _memo: dict[Any, tuple[float, CredentialSnapshot, AccessToken]] = {}
@@ -86,3 +117,101 @@ def invalidate_token(tenant: TenantRef, environment: str | None = None) -> None:
     """Drop the tenant's cached token; the next call requests a new one."""
     snapshot = credentials.resolve(tenant, environment)
     token_store.forget_token(snapshot)
+    clear_memo()
+
+
+# --- for the layers above: sessions, the admin, commands, receivers -----------------------
+
+
+def credential_for(tenant: TenantRef, environment: str | None) -> CredentialSnapshot:
+    """The tenant's credential snapshot (no token request): what ``get_session`` needs."""
+    return credentials.cached_snapshot(tenant, environment) or credentials.resolve(
+        tenant, environment
+    )
+
+
+def snapshot_of(credential: Any) -> CredentialSnapshot:
+    """The snapshot of a ``ClientCredential`` row, for the admin and connectivity checks
+    (never filed in the process's snapshots, so no generation is read: no cache access)."""
+    return credentials.snapshot_of(credential, None)
+
+
+def forget(snapshot: CredentialSnapshot) -> None:
+    """Drop the credential's cached token and failure memory (admin "clear token")."""
+    token_store.forget(snapshot)
+    clear_memo()
+
+
+def forget_if_current(snapshot: CredentialSnapshot, token: AccessToken) -> bool:
+    """After a 401: drop ``token`` unless another caller has already replaced it."""
+    forgotten = token_store.forget_if_current(snapshot, token)
+    clear_memo()
+    return forgotten
+
+
+def may_refetch_after_401(snapshot: CredentialSnapshot, rejected: AccessToken) -> bool:
+    """After a 401 on ``rejected``: may a new token be fetched? (UNAUTHORIZED_REFETCH_PAUSE)"""
+    return token_store.may_refetch_after_401(snapshot, rejected)
+
+
+def replacement_accepted(snapshot: CredentialSnapshot) -> None:
+    """The token that replaced a rejected one worked: end any 401 pause."""
+    token_store.clear_unauthorized(snapshot)
+
+
+def replacement_rejected(snapshot: CredentialSnapshot, token: AccessToken) -> None:
+    """The token that replaced a rejected one was refused too: pause refetching."""
+    token_store.pause_refetch(snapshot, token)
+
+
+def fetch_for_check(credential: Any, *, use_cache: bool) -> tuple[CredentialSnapshot, AccessToken]:
+    """A token for a connectivity check: a fresh one (no remembered failure) unless
+    ``use_cache``. Raises the typed token errors."""
+    snapshot = snapshot_of(credential)
+    if not use_cache:
+        forget(snapshot)
+    return snapshot, token_store.get(snapshot)
+
+
+def cached_states(snapshots: list[CredentialSnapshot]) -> dict[Any, CachedState]:
+    """Token and failure state of many credentials in one cache read (the admin list)."""
+    return token_store.cached_states(snapshots)
+
+
+identities_of = credentials.identities_of
+
+
+def credential_changed(identities: list[CredentialSnapshot]) -> None:
+    """A credential change is committed: every process reloads, its old tokens go.
+
+    ``identities`` (from ``identities_of`` at save time) name every cache key its tokens
+    may be under. The deletions must reach the shared cache even while it is down.
+    """
+    credentials.bump_generation()
+    clear_memo()
+    for snapshot in identities:
+        token_store.forget(snapshot, everywhere=True)
+
+
+def tenant_key_changed() -> None:
+    """A tenant key changed hands (committed): every process reloads its snapshots."""
+    credentials.bump_generation()
+    clear_memo()
+
+
+def wait_for_background_refreshes(timeout: float = 10.0) -> None:
+    """Block until this process's background refreshes finish (graceful shutdown, tests)."""
+    token_store.wait_for_background_refreshes(timeout)
+
+
+def reset() -> None:
+    """Forget all process-local state: memo, snapshots, decrypted tokens, fallback cache.
+
+    For tests (and a forked worker that must not share its parent's memory); waits for
+    running background refreshes first so none lands after the reset.
+    """
+    token_store.wait_for_background_refreshes()
+    clear_memo()
+    credentials.clear_local_snapshots()
+    token_store.clear_decrypted()
+    cache_backend.clear_fallback()

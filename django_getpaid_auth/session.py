@@ -8,7 +8,6 @@ and shares one connection pool per process, so creating a session per view is ch
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,12 +21,12 @@ from requests.hooks import default_hooks
 from requests.models import DEFAULT_REDIRECT_LIMIT
 from requests.utils import default_headers, rewind_body
 
-from . import cache_backend, clock, credentials, service, token_store
+from . import service
 from .conf import getpaid_settings
-from .credentials import CredentialSnapshot, TenantRef
 from .exceptions import ForeignHostError, GetpaidAuthConfigurationError, GetpaidAuthError
-from .token_client import USER_AGENT
+from .service import CredentialSnapshot, TenantRef
 from .tokens import AccessToken
+from .user_agent import USER_AGENT
 
 logger = logging.getLogger("django_getpaid_auth.session")
 
@@ -112,9 +111,9 @@ class GetpaidBearerAuth(requests.auth.AuthBase):
         rejected: AccessToken | None = getattr(request, "_getpaid_token", None)
         if snapshot is None or rejected is None:
             return response  # not sent with our token (e.g. a redirect to another host)
-        if not _may_refetch(snapshot, rejected):
+        if not service.may_refetch_after_401(snapshot, rejected):
             return response
-        token_store.forget_if_current(snapshot, rejected)
+        service.forget_if_current(snapshot, rejected)
         send = getattr(getattr(response, "connection", None), "send", None)
         if send is None or not _rewind_body(request):
             return response  # cannot resend it: the caller gets the 401, the next call a new token
@@ -132,9 +131,9 @@ class GetpaidBearerAuth(requests.auth.AuthBase):
         new_response.history.append(response)
         new_response.request = retry
         if new_response.status_code == 401:
-            _pause_refetch(snapshot, token)
+            service.replacement_rejected(snapshot, token)
         else:
-            _replacement_accepted(snapshot)
+            service.replacement_accepted(snapshot)
         return new_response
 
 
@@ -159,100 +158,6 @@ def _rewind_body(request: requests.PreparedRequest) -> bool:
     except (UnrewindableBodyError, ValueError):  # tell() failed earlier, seek fails, closed
         return False
     return True
-
-
-# Clock tolerance when comparing a token's obtained_at (a datetime: microseconds) with the
-# recorded rejection time.
-_SAME_MOMENT = 0.001
-
-
-def _unauthorized_key(snapshot: CredentialSnapshot) -> str:
-    return snapshot.cache_key("unauthorized")
-
-
-def _pause_seconds() -> float:
-    return float(getpaid_settings.UNAUTHORIZED_REFETCH_PAUSE)
-
-
-def _may_refetch(snapshot: CredentialSnapshot, rejected: AccessToken) -> bool:
-    """After a 401 on ``rejected``: may a new token be fetched? Records the rejection."""
-    pause = _pause_seconds()
-    if pause <= 0:
-        return True
-    now = clock.now()
-    state = _unauthorized_state(cache_backend.get(_unauthorized_key(snapshot)), now, pause)
-    if state is not None:
-        rejected_at, fingerprint, paused_until = state
-        if paused_until > now:
-            return False
-        if (
-            now - rejected_at < pause
-            and rejected.fingerprint != fingerprint
-            and rejected.obtained_at.timestamp() >= rejected_at - _SAME_MOMENT
-        ):
-            _pause_refetch(snapshot, rejected)  # a replacement was refused as well
-            return False
-    cache_backend.set(
-        _unauthorized_key(snapshot),
-        {"rejected_at": now, "fingerprint": rejected.fingerprint, "paused_until": 0.0},
-        timeout=math.ceil(pause) + 1,
-    )
-    return True
-
-
-def _unauthorized_state(value: Any, now: float, pause: float) -> tuple[float, str, float] | None:
-    """(rejected_at, fingerprint, paused_until) from the cache, or None if malformed.
-
-    Whoever can write to the cache must not crash callers, nor pause longer than the
-    setting allows: times outside [now - pause, now + pause] read as absent.
-    """
-    if not isinstance(value, dict):
-        return None
-    rejected_at, paused_until = value.get("rejected_at"), value.get("paused_until")
-    fingerprint = value.get("fingerprint")
-    if not isinstance(fingerprint, str) or not all(
-        _plausible_time(v) for v in (rejected_at, paused_until)
-    ):
-        return None
-    if not (now - pause <= rejected_at <= now + 1) or paused_until > now + pause:
-        return None
-    return float(rejected_at), fingerprint, float(paused_until)
-
-
-def _plausible_time(value: Any) -> bool:
-    """A finite number of epoch seconds (0 allowed: "not paused"), never an exception."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if isinstance(value, int):
-        return 0 <= value < 10**11
-    return math.isfinite(value) and 0 <= value < 1e11
-
-
-def _replacement_accepted(snapshot: CredentialSnapshot) -> None:
-    """The retry's token was accepted: the credential works, forget the rejection."""
-    if _pause_seconds() > 0:
-        cache_backend.delete(_unauthorized_key(snapshot))
-
-
-def _pause_refetch(snapshot: CredentialSnapshot, rejected: AccessToken) -> None:
-    pause = _pause_seconds()
-    if pause <= 0:
-        return
-    now = clock.now()
-    cache_backend.set(
-        _unauthorized_key(snapshot),
-        {"rejected_at": now, "fingerprint": rejected.fingerprint, "paused_until": now + pause},
-        timeout=math.ceil(pause) + 1,
-    )
-    logger.warning(
-        "The getpaid API refused a freshly obtained token (401) for tenant=%s environment=%s "
-        "(fingerprint=%s); 401s are returned without fetching a new token for %gs "
-        '(GETPAID_AUTH["UNAUTHORIZED_REFETCH_PAUSE"]). Check the credential\'s API access.',
-        snapshot.tenant_label,
-        snapshot.environment,
-        rejected.fingerprint,
-        pause,
-    )
 
 
 # --- where a token may go ------------------------------------------------------------------
@@ -444,7 +349,5 @@ def get_session(tenant: TenantRef, environment: str | None = None) -> GetpaidSes
     ``tenant`` is a tenant instance or its key string. With ``environment`` omitted the
     tenant's only active credential is used. Warm calls run no SQL.
     """
-    snapshot = credentials.cached_snapshot(tenant, environment) or credentials.resolve(
-        tenant, environment
-    )
+    snapshot = service.credential_for(tenant, environment)
     return GetpaidSession(snapshot, tenant, environment)

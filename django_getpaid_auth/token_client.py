@@ -47,7 +47,7 @@ import urllib3.exceptions
 import urllib3.poolmanager
 from django.views.decorators.debug import sensitive_variables
 
-from . import __version__, clock
+from . import clock
 from .conf import getpaid_settings
 from .credentials import CredentialSnapshot
 from .exceptions import (
@@ -64,10 +64,10 @@ from .exceptions import (
 )
 from .scopes import split_scopes
 from .tokens import MAX_TOKEN_LENGTH, AccessToken, from_timestamp, is_valid_token_value, jwt_expiry
+from .user_agent import USER_AGENT
 
 logger = logging.getLogger("django_getpaid_auth.token_client")
 
-USER_AGENT = f"django-getpaid-auth/{__version__} python-requests/{requests.__version__}"
 TRACE_HEADER = "Getpaid-Trace-Id"
 MAX_DESCRIPTION = 300
 MAX_ERROR = 60

@@ -101,7 +101,7 @@ def _epoch(value: Any) -> float | None:
 
 
 @on_settings_reset
-def _clear_decrypted() -> None:
+def clear_decrypted() -> None:
     with _decrypted_lock:
         _decrypted.clear()
 
@@ -253,7 +253,6 @@ def forget(snapshot: CredentialSnapshot, *, everywhere: bool = False) -> None:
     ``everywhere``: the deletion must reach the shared cache even if it is down right now
     (a changed credential): it is then queued and replayed, never dropped.
     """
-    _clear_process_memo()
     keys = [
         token_key(snapshot),
         failure_key(snapshot),
@@ -269,12 +268,10 @@ def forget(snapshot: CredentialSnapshot, *, everywhere: bool = False) -> None:
 def forget_token(snapshot: CredentialSnapshot) -> None:
     """Drop the cached token only (``invalidate_token``): the next call fetches a new one."""
     cache_backend.delete(token_key(snapshot))
-    _clear_process_memo()
 
 
 def forget_if_current(snapshot: CredentialSnapshot, token: AccessToken) -> bool:
     """Drop the cached token only if it is still ``token`` (another caller may have renewed)."""
-    _clear_process_memo()
     entry = cache_backend.get(token_key(snapshot))
     if is_entry(entry):
         current = token_of(snapshot, entry)
@@ -333,10 +330,100 @@ def cached_states(snapshots: list[CredentialSnapshot]) -> dict[Any, CachedState]
     return states
 
 
-def _clear_process_memo() -> None:
-    from .service import clear_memo
+# --- the API refused fresh tokens (401): pause refetching, shared by all processes ---------
 
-    clear_memo()
+# Clock tolerance when comparing a token's obtained_at (a datetime: microseconds) with the
+# recorded rejection time.
+_SAME_MOMENT = 0.001
+
+
+def _unauthorized_key(snapshot: CredentialSnapshot) -> str:
+    return snapshot.cache_key("unauthorized")
+
+
+def _pause_seconds() -> float:
+    return float(getpaid_settings.UNAUTHORIZED_REFETCH_PAUSE)
+
+
+def may_refetch_after_401(snapshot: CredentialSnapshot, rejected: AccessToken) -> bool:
+    """After a 401 on ``rejected``: may a new token be fetched? Records the rejection."""
+    pause = _pause_seconds()
+    if pause <= 0:
+        return True
+    now = clock.now()
+    state = _unauthorized_state(cache_backend.get(_unauthorized_key(snapshot)), now, pause)
+    if state is not None:
+        rejected_at, fingerprint, paused_until = state
+        if paused_until > now:
+            return False
+        if (
+            now - rejected_at < pause
+            and rejected.fingerprint != fingerprint
+            and rejected.obtained_at.timestamp() >= rejected_at - _SAME_MOMENT
+        ):
+            pause_refetch(snapshot, rejected)  # a replacement was refused as well
+            return False
+    cache_backend.set(
+        _unauthorized_key(snapshot),
+        {"rejected_at": now, "fingerprint": rejected.fingerprint, "paused_until": 0.0},
+        timeout=math.ceil(pause) + 1,
+    )
+    return True
+
+
+def _unauthorized_state(value: Any, now: float, pause: float) -> tuple[float, str, float] | None:
+    """(rejected_at, fingerprint, paused_until) from the cache, or None if malformed.
+
+    Whoever can write to the cache must not crash callers, nor pause longer than the
+    setting allows: times outside [now - pause, now + pause] read as absent.
+    """
+    if not isinstance(value, dict):
+        return None
+    rejected_at, paused_until = value.get("rejected_at"), value.get("paused_until")
+    fingerprint = value.get("fingerprint")
+    if not isinstance(fingerprint, str) or not all(
+        _plausible_time(v) for v in (rejected_at, paused_until)
+    ):
+        return None
+    if not (now - pause <= rejected_at <= now + 1) or paused_until > now + pause:
+        return None
+    return float(rejected_at), fingerprint, float(paused_until)
+
+
+def _plausible_time(value: Any) -> bool:
+    """A finite number of epoch seconds (0 allowed: "not paused"), never an exception."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 10**11
+    return math.isfinite(value) and 0 <= value < 1e11
+
+
+def clear_unauthorized(snapshot: CredentialSnapshot) -> None:
+    """The retry's token was accepted: the credential works, forget the rejection."""
+    if _pause_seconds() > 0:
+        cache_backend.delete(_unauthorized_key(snapshot))
+
+
+def pause_refetch(snapshot: CredentialSnapshot, rejected: AccessToken) -> None:
+    pause = _pause_seconds()
+    if pause <= 0:
+        return
+    now = clock.now()
+    cache_backend.set(
+        _unauthorized_key(snapshot),
+        {"rejected_at": now, "fingerprint": rejected.fingerprint, "paused_until": now + pause},
+        timeout=math.ceil(pause) + 1,
+    )
+    logger.warning(
+        "The getpaid API refused a freshly obtained token (401) for tenant=%s environment=%s "
+        "(fingerprint=%s); 401s are returned without fetching a new token for %gs "
+        '(GETPAID_AUTH["UNAUTHORIZED_REFETCH_PAUSE"]). Check the credential\'s API access.',
+        snapshot.tenant_label,
+        snapshot.environment,
+        rejected.fingerprint,
+        pause,
+    )
 
 
 # --- failure memory --------------------------------------------------------------------
@@ -540,7 +627,6 @@ def _refresh_in_background(snapshot: CredentialSnapshot, current: AccessToken, o
             is None
         ):
             _fetch(snapshot)
-            _clear_process_memo()
     except TokenRequestError as error:
         logger.warning(
             "Refreshing the getpaid token failed; the current one (valid until %s) stays in "

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from django_getpaid_auth import cache_backend, clock, credentials, service, token_store
+from django_getpaid_auth import clock, service
 
 
 @pytest.fixture(autouse=True)
@@ -15,14 +15,9 @@ def _clean_state(settings):
     """Every test gets its own cache key prefix and no process-local state."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "CACHE_KEY_PREFIX": prefix}
-    credentials.clear_local_snapshots()
-    service.clear_memo()
-    token_store._clear_decrypted()
-    cache_backend.clear_fallback()
+    service.reset()
     yield
-    token_store.wait_for_background_refreshes()
-    credentials.clear_local_snapshots()
-    cache_backend.clear_fallback()
+    service.reset()
     _delete_keys(prefix)
 
 

@@ -315,7 +315,7 @@ def test_entry_copied_under_another_credentials_key_is_refused(endpoint, memo_wa
     victim_entry = cache_backend.get(token_store.token_key(credentials.resolve(victim)))
     cache_backend.set(token_store.token_key(attacker_snapshot), victim_entry, timeout=600)
     if not memo_warm:
-        token_store._clear_decrypted()
+        token_store.clear_decrypted()
     service.clear_memo()
     token = get_token(attacker)
     assert token.value != victim_token.value

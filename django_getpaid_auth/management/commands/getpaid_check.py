@@ -54,10 +54,9 @@ from django.core.management.base import (
     SystemCheckError,
 )
 
-from django_getpaid_auth import cache_backend, clock, connectivity, crypto, token_store
+from django_getpaid_auth import clock, connectivity, crypto
 from django_getpaid_auth.conf import getpaid_settings
 from django_getpaid_auth.connectivity import CheckResult, result_for
-from django_getpaid_auth.credentials import snapshot_of
 from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError, printable
 from django_getpaid_auth.models import ClientCredential, Environment, get_tenant_model
 
@@ -378,22 +377,7 @@ def _check_one(
     credential: ClientCredential, use_cache: bool, probe_api: bool, fingerprints: bool
 ) -> tuple[CheckResult, str]:
     result = connectivity.check_credential(credential, use_cache=use_cache, probe_api=probe_api)
-    fingerprint = ""
-    if fingerprints and result.expires_at is not None:
-        fingerprint = _cached_fingerprint(credential, result.expires_at)
-    return result, fingerprint
-
-
-def _cached_fingerprint(credential: ClientCredential, expires_at: datetime) -> str:
-    """Fingerprint of the token the check just obtained, read back from the cache (no fetch)."""
-    try:
-        snapshot = snapshot_of(credential, None)
-        token = token_store.token_of(snapshot, cache_backend.get(token_store.token_key(snapshot)))
-    except Exception:
-        return ""
-    if token is None or token.expires_at != expires_at:
-        return ""
-    return token.fingerprint
+    return result, (result.fingerprint if fingerprints else "")
 
 
 def _crashed(credential: ClientCredential, exc: Exception) -> CheckResult:
