@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from django_getpaid_auth.testing.fake_getpaid import LIVE_AUDIENCE
 from django_getpaid_auth.testing.jwt import make_jwt
+from django_getpaid_auth.testing.token_server import LIVE_AUDIENCE
 
 if TYPE_CHECKING:
     import responses
