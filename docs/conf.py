@@ -25,7 +25,7 @@ import django_getpaid_auth  # noqa: E402
 
 project = "django-getpaid-auth"
 author = "django-getpaid-auth developers"
-copyright = "django-getpaid-auth developers"  # noqa: A001
+copyright = "django-getpaid-auth developers"
 release = django_getpaid_auth.__version__
 version = release
 
@@ -43,4 +43,3 @@ html_title = f"django-getpaid-auth {release}"
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True}
-
