@@ -36,7 +36,7 @@ _lock = threading.Lock()
 
 
 def key(name: str) -> str:
-    return f"{getpaid_settings.CACHE_KEY_PREFIX}:{name}"
+    return f"{getpaid_settings.typed.cache_key_prefix}:{name}"
 
 
 def shared() -> BaseCache:

@@ -7,6 +7,7 @@ Every value is looked up on access (never cached across ``setting_changed``), so
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -80,8 +81,101 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class TypedSettings:
+    """``GETPAID_AUTH`` converted once to the types the code uses (``getpaid_settings.typed``).
+
+    Rebuilt after every ``setting_changed``; a value that cannot be converted raises
+    ``GetpaidAuthConfigurationError`` naming the setting (system check E007 reports the
+    same problems at startup).
+    """
+
+    token_url: str
+    cache_key_prefix: str
+    allowed_api_hosts: tuple[str, ...]
+    token_request_format: str
+    client_auth_method: str
+    token_request_timeout: tuple[float, float]
+    api_timeout: tuple[float, float]
+    token_request_retries: int
+    retry_backoff: float
+    retry_backoff_max: float
+    max_retry_after: float
+    local_cache_timeout: float
+    lease_timeout: float
+    wait_timeout: float
+    config_error_backoff: float
+    credential_recheck_interval: float
+    token_request_deadline: float
+    max_token_response_bytes: int
+    max_background_refreshes: int
+    unauthorized_refetch_pause: float
+
+
+def _converted(name: str, value: Any, kind: Callable[[Any], Any]) -> Any:
+    try:
+        if kind is tuple:
+            connect, read = value
+            return (float(connect), float(read))
+        converted = kind(value)
+    except (TypeError, ValueError):
+        from .exceptions import GetpaidAuthConfigurationError
+
+        raise GetpaidAuthConfigurationError(
+            f"{SETTING_NAME}[{name!r}] is {value!r}, which is not a valid "
+            f"{'(connect, read) pair' if kind is tuple else kind.__name__}; "
+            "run `manage.py check` for the allowed values."
+        ) from None
+    return converted
+
+
 class GetpaidAuthSettings:
-    """Typed, always-fresh view of ``settings.GETPAID_AUTH`` merged over ``DEFAULTS``."""
+    """Always-fresh view of ``settings.GETPAID_AUTH`` merged over ``DEFAULTS``.
+
+    ``getpaid_settings.NAME`` is the raw value as configured; ``getpaid_settings.typed``
+    holds every value converted once (float, int, tuples), for the code to use.
+    """
+
+    _typed: TypedSettings | None = None
+
+    @property
+    def typed(self) -> TypedSettings:
+        typed = self._typed
+        if typed is None:
+            typed = self._typed = self._convert()
+        return typed
+
+    def _convert(self) -> TypedSettings:
+        user = self._user()
+
+        def value(name: str, kind: Callable[[Any], Any]) -> Any:
+            return _converted(name, user.get(name, DEFAULTS[name]), kind)
+
+        return TypedSettings(
+            token_url=value("TOKEN_URL", str),
+            cache_key_prefix=value("CACHE_KEY_PREFIX", str),
+            allowed_api_hosts=tuple(str(h) for h in value("ALLOWED_API_HOSTS", list)),
+            token_request_format=value("TOKEN_REQUEST_FORMAT", str),
+            client_auth_method=value("CLIENT_AUTH_METHOD", str),
+            token_request_timeout=value("TOKEN_REQUEST_TIMEOUT", tuple),
+            api_timeout=value("API_TIMEOUT", tuple),
+            token_request_retries=max(0, value("TOKEN_REQUEST_RETRIES", int)),
+            retry_backoff=value("RETRY_BACKOFF", float),
+            retry_backoff_max=value("RETRY_BACKOFF_MAX", float),
+            max_retry_after=value("MAX_RETRY_AFTER", float),
+            local_cache_timeout=value("LOCAL_CACHE_TIMEOUT", float),
+            lease_timeout=value("LEASE_TIMEOUT", float),
+            wait_timeout=value("WAIT_TIMEOUT", float),
+            config_error_backoff=value("CONFIG_ERROR_BACKOFF", float),
+            credential_recheck_interval=value("CREDENTIAL_RECHECK_INTERVAL", float),
+            token_request_deadline=max(0.0, value("TOKEN_REQUEST_DEADLINE", float)),
+            max_token_response_bytes=max(0, value("MAX_TOKEN_RESPONSE_BYTES", int)),
+            max_background_refreshes=max(1, value("MAX_BACKGROUND_REFRESHES", int)),
+            unauthorized_refetch_pause=value("UNAUTHORIZED_REFETCH_PAUSE", float),
+        )
+
+    def forget_typed(self) -> None:
+        self._typed = None
 
     def _user(self) -> dict[str, Any]:
         value = getattr(settings, SETTING_NAME, None)
@@ -140,5 +234,6 @@ def on_settings_reset(callback: Callable[[], None]) -> Callable[[], None]:
 @receiver(setting_changed)
 def _reset_derived_state(*, setting: str, **kwargs: Any) -> None:
     if setting in (SETTING_NAME, TENANT_MODEL_SETTING, "CACHES"):
+        getpaid_settings.forget_typed()
         for callback in _reset_callbacks:
             callback()

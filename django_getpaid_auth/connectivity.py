@@ -104,7 +104,7 @@ def check_credential(
             response = requests.get(
                 snapshot.api_url + "/",
                 headers={"Authorization": token.authorization, "User-Agent": USER_AGENT},
-                timeout=tuple(getpaid_settings.API_TIMEOUT),
+                timeout=getpaid_settings.typed.api_timeout,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:

@@ -60,7 +60,7 @@ class CredentialSnapshot:
 
     def due_for_recheck(self) -> bool:
         """Old enough to be read from the database again, announced change or not."""
-        return clock.now() - self.loaded_at >= float(getpaid_settings.CREDENTIAL_RECHECK_INTERVAL)
+        return clock.now() - self.loaded_at >= getpaid_settings.typed.credential_recheck_interval
 
     @cached_property
     def cache_id(self) -> str:
@@ -73,7 +73,7 @@ class CredentialSnapshot:
                 self.audience,
                 " ".join(self.scopes),
                 self.secret_version,
-                getpaid_settings.TOKEN_URL,
+                getpaid_settings.typed.token_url,
             ]
         )
         return hashlib.sha256(identity.encode()).hexdigest()[:32]
@@ -94,7 +94,7 @@ class CredentialSnapshot:
     def allowed_hosts(self) -> frozenset[str]:
         """Hosts that may receive this credential's token: its API host and the allow-list."""
         hosts = {urlsplit(self.api_url).netloc.lower()}
-        hosts.update(h.lower() for h in getpaid_settings.ALLOWED_API_HOSTS)
+        hosts.update(h.lower() for h in getpaid_settings.typed.allowed_api_hosts)
         return frozenset(hosts)
 
     def client_secret(self) -> str:

@@ -60,7 +60,7 @@ def clear_memo() -> None:
 
 
 def _remember(key: Any, snapshot: CredentialSnapshot, token: AccessToken) -> None:
-    timeout = float(getpaid_settings.LOCAL_CACHE_TIMEOUT)
+    timeout = getpaid_settings.typed.local_cache_timeout
     if timeout <= 0:
         return
     until = min(clock.now() + timeout, token_store.refresh_time(token))

@@ -321,7 +321,7 @@ class GetpaidSession(requests.Session):
             url = url.decode()
         if not urlsplit(url).scheme:
             url = f"{self.api_url}/{url.lstrip('/')}"
-        kwargs.setdefault("timeout", tuple(getpaid_settings.API_TIMEOUT))
+        kwargs.setdefault("timeout", getpaid_settings.typed.api_timeout)
         try:
             return super().request(method, url, *args, **kwargs)
         except (requests.RequestException, GetpaidAuthError) as exc:

@@ -292,7 +292,7 @@ def request_budget() -> float:
 
 
 def _deadline_seconds() -> float:
-    return max(0.0, float(getpaid_settings.TOKEN_REQUEST_DEADLINE))
+    return getpaid_settings.typed.token_request_deadline
 
 
 @sensitive_variables()
@@ -302,7 +302,7 @@ def request_token(snapshot: CredentialSnapshot) -> AccessToken:
     Takes at most ``request_budget()`` seconds (plus a short wait for a 429 that asks
     for at most MAX_RETRY_AFTER seconds).
     """
-    attempts = 1 + max(0, int(getpaid_settings.TOKEN_REQUEST_RETRIES))
+    attempts = 1 + getpaid_settings.typed.token_request_retries
     per_attempt = _deadline_seconds()
     ends = time.monotonic() + 2 * per_attempt
     shortest = min(1.0, per_attempt / 2)  # no point starting an attempt with less time
@@ -319,7 +319,7 @@ def request_token(snapshot: CredentialSnapshot) -> AccessToken:
             )
             time.sleep(delay)
         except RateLimitedError as exc:
-            limit = float(getpaid_settings.MAX_RETRY_AFTER)
+            limit = getpaid_settings.typed.max_retry_after
             wait = exc.retry_after
             if waited_for_rate_limit or wait is None or not 0 <= wait <= limit:
                 raise
@@ -333,8 +333,8 @@ def request_token(snapshot: CredentialSnapshot) -> AccessToken:
 
 
 def _backoff(attempt: int) -> float:
-    base = float(getpaid_settings.RETRY_BACKOFF)
-    ceiling = float(getpaid_settings.RETRY_BACKOFF_MAX)
+    base = getpaid_settings.typed.retry_backoff
+    ceiling = getpaid_settings.typed.retry_backoff_max
     return min(ceiling, base * (2**attempt)) * random.uniform(0.5, 1.0)  # noqa: S311
 
 
@@ -346,16 +346,16 @@ def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
     if snapshot.scopes:
         body["scope"] = " ".join(snapshot.scopes)
     auth = None
-    if getpaid_settings.CLIENT_AUTH_METHOD == "client_secret_basic":
+    if getpaid_settings.typed.client_auth_method == "client_secret_basic":
         # RFC 6749 2.3.1: both are form-urlencoded before Basic encoding.
         auth = requests.auth.HTTPBasicAuth(quote_plus(snapshot.client_id), quote_plus(secret))
     else:
         body["client_id"] = snapshot.client_id
         body["client_secret"] = secret
     kwargs: dict[str, Any] = {"json": body}
-    if getpaid_settings.TOKEN_REQUEST_FORMAT == "form":
+    if getpaid_settings.typed.token_request_format == "form":
         kwargs = {"data": body}
-    connect_timeout, read_timeout = (float(t) for t in getpaid_settings.TOKEN_REQUEST_TIMEOUT)
+    connect_timeout, read_timeout = getpaid_settings.typed.token_request_timeout
     bounded = max(seconds, 0.001)
     started = clock.now()
     deadline = _Deadline(seconds)
@@ -363,7 +363,7 @@ def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
     try:
         try:
             response = _http.post(
-                getpaid_settings.TOKEN_URL,
+                getpaid_settings.typed.token_url,
                 auth=auth,
                 timeout=(min(connect_timeout, bounded), min(read_timeout, bounded)),
                 # Compression would let a small answer grow past MAX_TOKEN_RESPONSE_BYTES.
@@ -431,7 +431,7 @@ def _read_body(
     TokenEndpointUnavailableError either way.
     """
     status = response.status_code
-    limit = max(0, int(getpaid_settings.MAX_TOKEN_RESPONSE_BYTES))
+    limit = getpaid_settings.typed.max_token_response_bytes
 
     def refused(reason: str) -> bytes | TokenRequestError:
         if not strict:

@@ -342,7 +342,7 @@ def _unauthorized_key(snapshot: CredentialSnapshot) -> str:
 
 
 def _pause_seconds() -> float:
-    return float(getpaid_settings.UNAUTHORIZED_REFETCH_PAUSE)
+    return getpaid_settings.typed.unauthorized_refetch_pause
 
 
 def may_refetch_after_401(snapshot: CredentialSnapshot, rejected: AccessToken) -> bool:
@@ -488,7 +488,7 @@ def _remember(snapshot: CredentialSnapshot, error: TokenRequestError) -> None:
     elif error.retryable:
         return  # 5xx/timeouts: retried, not remembered
     else:
-        wait = float(getpaid_settings.CONFIG_ERROR_BACKOFF)
+        wait = getpaid_settings.typed.config_error_backoff
     wait = min(float(wait), MAX_FAILURE_MEMORY)
     if wait <= 0:
         return
@@ -610,7 +610,7 @@ _background_lock = threading.Lock()
 
 
 def _max_background() -> int:
-    return max(1, int(getpaid_settings.MAX_BACKGROUND_REFRESHES))
+    return getpaid_settings.typed.max_background_refreshes
 
 
 def running_background_refreshes() -> int:
@@ -658,7 +658,7 @@ def wait_for_background_refreshes(timeout: float = 10.0) -> None:
 
 
 def _lease_timeout() -> float:
-    return float(getpaid_settings.LEASE_TIMEOUT)
+    return getpaid_settings.typed.lease_timeout
 
 
 def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken:
@@ -672,7 +672,7 @@ def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken
     assert flight is not None
     if not leader:
         try:
-            return flight.result(timeout=float(getpaid_settings.WAIT_TIMEOUT))
+            return flight.result(timeout=getpaid_settings.typed.wait_timeout)
         except (TimeoutError, concurrent.futures.TimeoutError):  # distinct before 3.11
             raise TokenWaitTimeoutError(
                 "Timed out waiting for another thread's token request.",
@@ -697,7 +697,7 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
     if failure is not None:
         raise failure
     owner = uuid.uuid4().hex
-    deadline = time.monotonic() + float(getpaid_settings.WAIT_TIMEOUT)
+    deadline = time.monotonic() + getpaid_settings.typed.wait_timeout
     interval = POLL_INTERVAL
     entry = cache_backend.get(token_key(snapshot))
     replaced = token_of(snapshot, entry) if force else None
@@ -723,7 +723,7 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
         if time.monotonic() >= deadline:
             raise TokenWaitTimeoutError(
                 "Timed out waiting for another process's token request "
-                f"(lease held longer than WAIT_TIMEOUT={getpaid_settings.WAIT_TIMEOUT}s).",
+                f"(lease held longer than WAIT_TIMEOUT={getpaid_settings.typed.wait_timeout:g}s).",
                 tenant=snapshot.tenant_label,
                 environment=snapshot.environment,
             )
