@@ -333,3 +333,10 @@ def test_example_signal_receiver():
     metrics.increment.assert_called_once_with(
         "getpaid.token_failed", tags={"error": "InvalidClientError"}
     )
+
+
+def test_fault_table_lists_every_fault_kind():
+    from django_getpaid_auth.testing import FAULT_KINDS
+
+    text = (ROOT / "docs" / "testing.rst").read_text()
+    assert re.findall(r'^``"(\w+)"``', text, flags=re.MULTILINE) == list(FAULT_KINDS)
