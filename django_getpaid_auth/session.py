@@ -8,18 +8,14 @@ and shares one connection pool per process, so creating a session per view is ch
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from django.views.decorators.debug import sensitive_variables
 from requests.adapters import HTTPAdapter
-from requests.cookies import cookiejar_from_dict
 from requests.exceptions import UnrewindableBodyError
-from requests.hooks import default_hooks
-from requests.models import DEFAULT_REDIRECT_LIMIT
-from requests.utils import default_headers, rewind_body
+from requests.utils import rewind_body
 
 from . import service
 from .conf import getpaid_settings
@@ -33,12 +29,6 @@ logger = logging.getLogger("django_getpaid_auth.session")
 # One pool per process for all sessions (urllib3 pools are thread-safe).
 _shared_adapter = HTTPAdapter(pool_connections=32, pool_maxsize=64)
 _SHARED_MOUNTS = (("https://", _shared_adapter), ("http://", _shared_adapter))
-_SESSION_ATTRIBUTES = {
-    "headers", "auth", "proxies", "hooks", "params", "stream", "verify", "cert",
-    "max_redirects", "trust_env", "cookies", "adapters",
-}  # fmt: skip
-# Our fast __init__ is used only while it sets exactly what requests' own would.
-_FAST_INIT = set(vars(requests.Session())) == _SESSION_ATTRIBUTES
 
 
 class GetpaidBearerAuth(requests.auth.AuthBase):
@@ -280,25 +270,12 @@ class GetpaidSession(requests.Session):
     def __init__(
         self, snapshot: CredentialSnapshot, tenant: TenantRef, environment: str | None
     ) -> None:
-        if _FAST_INIT:
-            # requests.Session.__init__ builds two HTTPAdapters (connection pools) that
-            # we would throw away for the shared one: a third of get_session's cost.
-            self.headers = default_headers()
-            self.auth = None
-            self.proxies = {}
-            self.hooks = default_hooks()
-            self.params = {}
-            self.stream = False
-            self.verify = True
-            self.cert = None
-            self.max_redirects = DEFAULT_REDIRECT_LIMIT
-            self.trust_env = True
-            self.cookies = cookiejar_from_dict({})
-            self.adapters = OrderedDict(_SHARED_MOUNTS)
-        else:  # a requests version with other Session attributes: the plain way
-            super().__init__()
-            for prefix, adapter in _SHARED_MOUNTS:
-                self.mount(prefix, adapter)
+        super().__init__()
+        # One pool per process: mounting it replaces the two adapters requests just made
+        # (benchmarks/RESULTS.md, "Building a session": doing without them saves less
+        # than a warm request's noise, so the ordinary way wins).
+        for prefix, adapter in _SHARED_MOUNTS:
+            self.mount(prefix, adapter)
         self.tenant = tenant
         self.environment = snapshot.environment
         self.api_url = snapshot.api_url
