@@ -272,7 +272,7 @@ class GetpaidSession(requests.Session):
     ) -> None:
         super().__init__()
         # One pool per process: mounting it replaces the two adapters requests just made
-        # (benchmarks/RESULTS.md, "Building a session": doing without them saves less
+        # (benchmarks/RESULTS.md, section 5: doing without them saves less
         # than a warm request's noise, so the ordinary way wins).
         for prefix, adapter in _SHARED_MOUNTS:
             self.mount(prefix, adapter)
