@@ -15,6 +15,7 @@ from .user_agent import __version__ as __version__
 
 __all__ = [
     "AccessToken",
+    "GetpaidBearerAuth",
     "GetpaidSession",
     "get_session",
     "get_token",
@@ -23,6 +24,7 @@ __all__ = [
 
 _LAZY = {
     "AccessToken": "django_getpaid_auth.tokens",
+    "GetpaidBearerAuth": "django_getpaid_auth.session",
     "GetpaidSession": "django_getpaid_auth.session",
     "get_session": "django_getpaid_auth.session",
     "get_token": "django_getpaid_auth.service",
@@ -31,7 +33,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .service import get_token, invalidate_token
-    from .session import GetpaidSession, get_session
+    from .session import GetpaidBearerAuth, GetpaidSession, get_session
     from .tokens import AccessToken
 
 

@@ -34,6 +34,15 @@ _SHARED_MOUNTS = (("https://", _shared_adapter), ("http://", _shared_adapter))
 class GetpaidBearerAuth(requests.auth.AuthBase):
     """Adds the tenant's current token; on a 401 renews it and retries once.
 
+    Public, for callers who keep their own ``requests.Session`` (or use
+    ``requests.get(..., auth=...)``)::
+
+        session.auth = GetpaidBearerAuth("acme", "sandbox")
+
+    The token is sent only to the environment's API host and ``ALLOWED_API_HOSTS``
+    (``ForeignHostError`` otherwise), just as with ``GetpaidSession``; relative URLs,
+    the default timeout and the User-Agent are ``GetpaidSession``'s, not the auth's.
+
     The retry resends the request only if its body can be sent again: no body, bytes or
     str, or a file-like object that can seek back to where it started. A generator,
     iterator or non-seekable stream has been consumed by the first attempt, so the 401 is

