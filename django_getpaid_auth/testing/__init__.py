@@ -1,7 +1,9 @@
-"""Test doubles for getpaid: a local fake server and a ``responses`` helper.
+"""Test doubles for getpaid: a local fake server and ``responses`` helpers.
 
 Importable without Django settings and without the optional ``responses``
-package: the ``responses``-based helper is loaded on first attribute access.
+package: the ``responses``-based helpers (:class:`TokenEndpoint`,
+:func:`auth0_error`, :func:`mock_token_endpoint`) are loaded on first attribute
+access.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from django_getpaid_auth.testing.fake_getpaid import (
 from django_getpaid_auth.testing.jwt import decode_jwt, make_jwt
 
 if TYPE_CHECKING:
-    from django_getpaid_auth.testing.responses_helper import mock_token_endpoint
+    from django_getpaid_auth.testing.responses_helper import (
+        TokenEndpoint,
+        auth0_error,
+        mock_token_endpoint,
+    )
 
 __all__ = [
     "FAULT_KINDS",
@@ -28,12 +34,14 @@ __all__ = [
     "SANDBOX_AUDIENCE",
     "FakeClient",
     "FakeGetpaid",
+    "TokenEndpoint",
+    "auth0_error",
     "decode_jwt",
     "make_jwt",
     "mock_token_endpoint",
 ]
 
-_LAZY = {"mock_token_endpoint"}
+_LAZY = {"TokenEndpoint", "auth0_error", "mock_token_endpoint"}
 
 
 def __getattr__(name: str) -> Any:
