@@ -22,10 +22,10 @@ from django_getpaid_auth import admin as gp_admin
 from django_getpaid_auth import cache_backend, credentials, crypto, token_store
 from django_getpaid_auth.exceptions import InvalidClientError
 from django_getpaid_auth.models import ClientCredential, Tenant, mask
+from django_getpaid_auth.testing import TokenEndpoint
 from django_getpaid_auth.tokens import AccessToken
 from tests.factories import make_credential, make_tenant
 from tests.settings import TEST_KEY_A, TEST_KEY_B
-from tests.token_helpers import TokenEndpoint
 
 pytestmark = pytest.mark.django_db
 

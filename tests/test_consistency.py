@@ -21,8 +21,8 @@ from django_getpaid_auth.exceptions import (
     TokenWaitTimeoutError,
 )
 from django_getpaid_auth.models import ClientCredential, Tenant
+from django_getpaid_auth.testing import TokenEndpoint
 from tests.factories import make_credential, make_tenant
-from tests.token_helpers import TokenEndpoint
 
 pytestmark = pytest.mark.django_db
 

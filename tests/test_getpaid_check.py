@@ -20,8 +20,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from django_getpaid_auth.models import ClientCredential
+from django_getpaid_auth.testing import TokenEndpoint
 from tests.factories import make_credential, make_tenant
-from tests.token_helpers import TokenEndpoint
 
 pytestmark = pytest.mark.django_db
 

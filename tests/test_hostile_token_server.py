@@ -31,11 +31,10 @@ from django_getpaid_auth.exceptions import (
     TokenEndpointUnavailableError,
     TokenRequestError,
 )
-from django_getpaid_auth.testing import make_jwt
+from django_getpaid_auth.testing import TokenEndpoint, auth0_error, make_jwt
 from django_getpaid_auth.token_client import rate_limit_wait, request_token
 from django_getpaid_auth.tokens import jwt_claims, jwt_expiry
 from tests.factories import make_credential, make_tenant
-from tests.token_helpers import TokenEndpoint, auth0_error
 
 pytestmark = pytest.mark.django_db
 

@@ -19,9 +19,8 @@ from django.views.debug import ExceptionReporter
 
 from django_getpaid_auth import credentials, get_session, get_token, service
 from django_getpaid_auth.exceptions import ForeignHostError, GetpaidAuthConfigurationError
-from django_getpaid_auth.testing import FakeGetpaid
+from django_getpaid_auth.testing import FakeGetpaid, TokenEndpoint
 from tests.factories import make_credential, make_tenant
-from tests.token_helpers import TokenEndpoint
 
 pytestmark = pytest.mark.django_db
 

@@ -30,8 +30,8 @@ from django_getpaid_auth.exceptions import (
 )
 from django_getpaid_auth.models import ClientCredential
 from django_getpaid_auth.signals import token_obtained, token_request_failed
+from django_getpaid_auth.testing import TokenEndpoint, auth0_error
 from tests.factories import make_credential, make_tenant
-from tests.token_helpers import TokenEndpoint, auth0_error
 
 pytestmark = pytest.mark.django_db
 
