@@ -229,7 +229,11 @@ def hide_secret_post_parameters(request: HttpRequest) -> None:
     current = getattr(request, "sensitive_post_parameters", None) or []
     if current == "__ALL__":
         return
-    request.sensitive_post_parameters = [*current, *(n for n in names if n not in current)]
+    # Django's own decorator sets this attribute too; HttpRequest's stub does not declare it.
+    request.sensitive_post_parameters = [  # type: ignore[attr-defined]
+        *current,
+        *(n for n in names if n not in current),
+    ]
 
 
 def secret_free_change_message(message: list[dict[str, Any]], form: Any) -> list[dict[str, Any]]:

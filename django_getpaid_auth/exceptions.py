@@ -26,7 +26,7 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
-def printable(text: Any) -> str:
+def printable(text: object) -> str:
     """``text`` on one line, safe for a terminal or a log.
 
     Whitespace runs (tabs, newlines...) become one space; control, format (e.g. U+202E

@@ -7,7 +7,7 @@ so a credential whose key was rotated away still opens and saves.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -88,7 +88,8 @@ class ClientCredentialForm(forms.ModelForm):
 
     @sensitive_variables()
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        # ModelForm.clean() returns cleaned_data; django-stubs types BaseForm.clean() Optional.
+        cleaned = cast("dict[str, Any]", super().clean())
         missing = SECRET_FIELD in self.fields and not cleaned.get(SECRET_FIELD)
         if missing and (self.instance._state.adding or not self.instance.secret_is_stored()):
             self.add_error(SECRET_FIELD, _("Enter the client secret."))
@@ -111,7 +112,7 @@ class ClientCredentialForm(forms.ModelForm):
         # The constraint is on the generated ``active_environment``, never a form field,
         # so Django would skip it; it can be validated from tenant, environment and
         # is_active (Django skips it by itself when one of those is excluded).
-        exclude = super()._get_validation_exclusions()
+        exclude = super()._get_validation_exclusions()  # type: ignore[misc]  # private, unstubbed
         if self.validates_active_constraint:
             exclude.discard("active_environment")
         return exclude
@@ -122,7 +123,7 @@ class ClientCredentialForm(forms.ModelForm):
         if scopes is not None:
             self.instance.scopes = join_scopes(scopes)
             self.unknown_scopes = unknown_scopes(scopes)
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # private Django API, not in django-stubs
 
     @property
     def secret_changed(self) -> bool:
@@ -177,16 +178,16 @@ class ClientCredentialInlineFormSet(BaseInlineFormSet):
         deleted = {
             form.instance.pk
             for form in self.forms
-            if form.instance.pk is not None and self._should_delete_form(form)
+            if form.instance.pk is not None and self._should_delete_form(form)  # type: ignore[attr-defined]  # private API
         }
         kept = [
             form
             for form in self.forms
             if form.has_changed()
-            and not self._should_delete_form(form)
+            and not self._should_delete_form(form)  # type: ignore[attr-defined]  # private API
             and hasattr(form, "cleaned_data")
         ]
-        taken: set[str] = set()
+        taken: set[str | None] = set()
         if self.instance.pk is not None:
             existing = ClientCredential.objects.filter(tenant=self.instance, is_active=True)
             changed_pks = {form.instance.pk for form in kept if form.instance.pk is not None}

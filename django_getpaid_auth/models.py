@@ -6,6 +6,7 @@ Data flows one way: tenant -> ClientCredential -> token -> request.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from django.apps import apps
@@ -170,15 +171,25 @@ class ClientCredential(models.Model):
         self.secret_version = uuid.uuid4().hex
         self.secret_changed_at = timezone.now()
 
-    def refresh_from_db(self, using: Any = None, fields: Any = None, **kwargs: Any) -> None:
+    def refresh_from_db(
+        self,
+        using: str | None = None,
+        fields: Iterable[str] | None = None,
+        from_queryset: models.QuerySet[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Reload without decrypting: an undecryptable secret must not break a reload."""
         names = [f.attname for f in self._meta.concrete_fields]
         wanted = list(fields) if fields is not None else names
         if "client_secret" not in wanted:
-            return super().refresh_from_db(using=using, fields=fields, **kwargs)
+            return super().refresh_from_db(
+                using=using, fields=fields, from_queryset=from_queryset, **kwargs
+            )
         others = [n for n in wanted if n != "client_secret"]
         if others:
-            super().refresh_from_db(using=using, fields=others, **kwargs)
+            super().refresh_from_db(
+                using=using, fields=others, from_queryset=from_queryset, **kwargs
+            )
         manager = type(self)._base_manager.using(using or self._state.db)
         stored = manager.values_list("client_secret", flat=True).get(pk=self.pk)
         self.__dict__["client_secret"] = self._loaded_secret = stored

@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 from datetime import timezone
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote, quote_plus
 
 import requests
@@ -112,7 +112,14 @@ class _Secret(str):
         return "'********************'"
 
 
-class _RedactedBody(dict):  # type: ignore[type-arg]
+class _Context(TypedDict):
+    """Who asked: the keyword arguments every TokenRequestError of a request gets."""
+
+    tenant: str
+    environment: str
+
+
+class _RedactedBody(dict[str, str]):
     """The token request body (it holds the secret); its repr hides every value."""
 
     def __repr__(self) -> str:
@@ -340,7 +347,7 @@ def _backoff(attempt: int) -> float:
 
 @sensitive_variables()
 def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
-    context = {"tenant": snapshot.tenant_label, "environment": snapshot.environment}
+    context: _Context = {"tenant": snapshot.tenant_label, "environment": snapshot.environment}
     secret = _Secret(snapshot.client_secret())
     body = _RedactedBody(grant_type="client_credentials", audience=snapshot.audience)
     if snapshot.scopes:
@@ -400,7 +407,7 @@ def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
 
 
 def _transport_error(
-    exc: BaseException, deadline: _Deadline, context: dict[str, str], status: int | None = None
+    exc: BaseException, deadline: _Deadline, context: _Context, status: int | None = None
 ) -> TokenEndpointUnavailableError:
     timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)
     if deadline.expired() or isinstance(exc, timeouts):
@@ -418,7 +425,7 @@ def _transport_error(
 def _read_body(
     response: requests.Response,
     deadline: _Deadline,
-    context: dict[str, str],
+    context: _Context,
     secret: str,
     *,
     strict: bool,
@@ -515,7 +522,7 @@ def _parse_success(
     response: requests.Response,
     snapshot: CredentialSnapshot,
     secret: str,
-    context: dict[str, str],
+    context: _Context,
     started: float,
     deadline: _Deadline,
 ) -> AccessToken | TokenRequestError:
@@ -684,7 +691,7 @@ def _mask(text: str, forms: list[str]) -> str:
 def _error_for(
     response: requests.Response,
     snapshot: CredentialSnapshot,
-    context: dict[str, str],
+    context: _Context,
     secret: str,
     deadline: _Deadline,
 ) -> TokenRequestError:

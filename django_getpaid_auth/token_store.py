@@ -25,7 +25,7 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.views.decorators.debug import sensitive_variables
 
@@ -381,8 +381,10 @@ def _unauthorized_state(value: Any, now: float, pause: float) -> tuple[float, st
         return None
     rejected_at, paused_until = value.get("rejected_at"), value.get("paused_until")
     fingerprint = value.get("fingerprint")
-    if not isinstance(fingerprint, str) or not all(
-        _plausible_time(v) for v in (rejected_at, paused_until)
+    if (
+        not isinstance(fingerprint, str)
+        or not _plausible_time(rejected_at)
+        or not _plausible_time(paused_until)
     ):
         return None
     if not (now - pause <= rejected_at <= now + 1) or paused_until > now + pause:
@@ -390,7 +392,7 @@ def _unauthorized_state(value: Any, now: float, pause: float) -> tuple[float, st
     return float(rejected_at), fingerprint, float(paused_until)
 
 
-def _plausible_time(value: Any) -> bool:
+def _plausible_time(value: object) -> TypeGuard[float]:
     """A finite number of epoch seconds (0 allowed: "not paused"), never an exception."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
