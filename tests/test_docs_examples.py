@@ -266,6 +266,23 @@ def test_example_get_token(acme, fake_getpaid_settings):
     assert fake_getpaid_settings.token_request_count("acme-client") == 2
 
 
+@checks_example("bearer-auth")
+@pytest.mark.django_db
+def test_example_bearer_auth(acme, fake_getpaid_settings, monkeypatch):
+    code = RUNNABLE["bearer-auth"]["code"]
+    default_api = DEFAULTS["ENVIRONMENTS"]["sandbox"]["API_URL"]
+    assert default_api in code
+    # The example calls getpaid's sandbox API: point that URL at the fake.
+    monkeypatch.setitem(
+        RUNNABLE["bearer-auth"],
+        "code",
+        code.replace(default_api, fake_getpaid_settings.api_url("sandbox")),
+    )
+    ns = _run("bearer-auth")
+    assert ns["response"].status_code == 200
+    assert ns["response"].request.headers["Authorization"].startswith("Bearer ")
+
+
 @checks_example("redis-cache")
 def test_example_redis_cache():
     ns = _run("redis-cache")
