@@ -71,7 +71,8 @@ class GetpaidBearerAuth(requests.auth.AuthBase):
         snapshot, token = service.current_token(self.tenant, self.environment)
         _apply(request, snapshot, token)
         request._getpaid_auth = self  # type: ignore[attr-defined]
-        request.register_hook("response", self._retry_on_401)
+        # types-requests leaves register_hook unannotated.
+        request.register_hook("response", self._retry_on_401)  # type: ignore[no-untyped-call]
         return request
 
     def redirected(
@@ -124,7 +125,7 @@ class GetpaidBearerAuth(requests.auth.AuthBase):
         response.content  # noqa: B018  (drain so the connection can be reused)
         response.close()
         try:
-            new_response = send(retry, **kwargs)
+            new_response: requests.Response = send(retry, **kwargs)
         except (requests.RequestException, GetpaidAuthError) as exc:
             raise _without_frames_below(exc)  # noqa: B904  (the same exception, trimmed)
         new_response.history.append(response)
@@ -302,7 +303,7 @@ class GetpaidSession(requests.Session):
     @sensitive_variables()
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
-    ) -> requests.Response:  # type: ignore[override]
+    ) -> requests.Response:
         if isinstance(url, bytes):
             url = url.decode()
         if not urlsplit(url).scheme:
@@ -318,7 +319,7 @@ class GetpaidSession(requests.Session):
     ) -> None:
         """On a redirect: requests' rules (strip Authorization across hosts, .netrc), then
         our token again if the new URL may receive it (see GetpaidBearerAuth.redirected)."""
-        super().rebuild_auth(prepared_request, response)
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]  # no stub types
         previous = response.request
         auth = getattr(previous, "_getpaid_auth", None)
         if isinstance(auth, GetpaidBearerAuth):
