@@ -181,7 +181,7 @@ def test_token_endpoint_without_responses_fails_only_when_used() -> None:
         try:
             endpoint_class(object(), token_url="http://127.0.0.1:9/oauth/token")
         except ImportError as exc:
-            assert "pip install responses" in str(exc)
+            assert "django-getpaid-auth[testing]" in str(exc)
             print("lazy-ok")
         """
     )

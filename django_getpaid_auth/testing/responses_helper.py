@@ -69,7 +69,7 @@ def _responses() -> Any:
     except ImportError as exc:
         raise ImportError(
             "the responses helpers of django_getpaid_auth.testing need the optional "
-            "'responses' package: pip install responses"
+            "'responses' package: pip install 'django-getpaid-auth[testing]'"
         ) from exc
     return responses
 
