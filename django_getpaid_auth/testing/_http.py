@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 __all__ = ["Handler", "LoopbackServer", "ReplyError"]
@@ -248,7 +248,8 @@ class LoopbackServer:
         """Base URL, e.g. ``http://127.0.0.1:54321`` (only valid while running)."""
         if self._server is None:
             raise RuntimeError(f"{type(self).__name__} is not running; call start() first")
-        host, port = self._server.server_address[:2]
+        # typeshed allows a bytes host; ours is always bound to a str host.
+        host, port = cast("tuple[str, int]", self._server.server_address[:2])
         if ":" in str(host):
             host = f"[{host}]"
         return f"http://{host}:{port}"

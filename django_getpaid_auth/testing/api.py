@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import threading
@@ -303,7 +304,9 @@ def _decode_cursor(cursor: Any) -> int:
         _invalid({"after": ["invalid_cursor"]})
 
 
-def _filter_payments(items: list[dict[str, Any]], filters: Mapping[str, Any]) -> list[dict]:
+def _filter_payments(
+    items: list[dict[str, Any]], filters: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     result = items
     if filters.get("id"):
         result = [p for p in result if p["id"] == filters["id"]]
@@ -335,7 +338,9 @@ def _sort_payments(items: list[dict[str, Any]], sorts: Any) -> list[dict[str, An
         direction = item.get("direction") if isinstance(item, dict) else None
         if field not in _SORT_FIELDS or direction not in ("ascending", "descending"):
             _invalid({"sorts": ["invalid_option"]})
-        result.sort(key=lambda p, f=field: _sort_key(p, f), reverse=direction == "descending")
+        result.sort(
+            key=functools.partial(_sort_key, field=field), reverse=direction == "descending"
+        )
     return result
 
 

@@ -349,6 +349,8 @@ class FakeTokenServer(LoopbackServer):
                 400,
                 _oauth_error("unsupported_grant_type", f"Unsupported grant type: {grant_type}"),
             )
+        client_id: str | None
+        secret: str | None
         if auth_client_id is not None:
             body_id = params.get("client_id")
             if body_id is not None and body_id != auth_client_id:
@@ -437,6 +439,7 @@ class FakeTokenServer(LoopbackServer):
         if kind == "timeout":
             self._sleep(self.fault_timeout_sleep)
             kind = "500"
+        body: dict[str, Any]
         if kind == "500":
             body = _oauth_error("server_error", "An unexpected error occurred")
             self._log_token(entry, 500, "server_error")
