@@ -96,6 +96,11 @@ class ClientCredential(models.Model):
     last_check_ok = models.BooleanField(_("last check passed"), null=True, editable=False)
     last_check_error = models.TextField(_("last check error"), blank=True, editable=False)
 
+    # Set on instances loaded from the database (from_db) or saved: the stored ciphertext,
+    # and what the token cache key was built from (see credentials.credential_changed).
+    _loaded_secret: str | None
+    _loaded_identity: dict[str, Any]
+
     class Meta:
         verbose_name = _("getpaid client credential")
         verbose_name_plural = _("getpaid client credentials")
