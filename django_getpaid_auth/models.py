@@ -188,7 +188,10 @@ class ClientCredential(models.Model):
         wanted = list(fields) if fields is not None else names
         if "client_secret" not in wanted:
             return super().refresh_from_db(
-                using=using, fields=fields, from_queryset=from_queryset, **kwargs
+                using=using,
+                fields=wanted if fields is not None else None,  # a generator is used up
+                from_queryset=from_queryset,
+                **kwargs,
             )
         others = [n for n in wanted if n != "client_secret"]
         if others:

@@ -401,3 +401,11 @@ def test_rotation_reports_a_non_ascii_row_as_undecryptable(settings):
     store_raw_secret(bad.pk, ClientCredential.objects.get(pk=good.pk).__dict__["client_secret"])
     call_command("getpaid_rotate_keys", stdout=StringIO())
     assert raw_secret(good.pk) != before
+
+
+@pytest.mark.django_db
+def test_refresh_from_db_with_a_generator_of_fields_reloads_them():
+    credential = make_credential(client_id="before-reload")
+    ClientCredential.objects.filter(pk=credential.pk).update(client_id="after-reload")
+    credential.refresh_from_db(fields=(name for name in ["client_id"]))
+    assert credential.client_id == "after-reload"
