@@ -8,6 +8,12 @@ tried again after ``RETRY_SHARED_AFTER`` seconds, so sharing resumes on its own.
 Writes that other processes must see (a credential change announcement) are never lost
 to an outage: ``write_shared`` keeps a failed write and replays it, in order, as soon as
 the shared cache answers again (on the next call, or from a background retry).
+
+Keys never depend on thread-local state. A cache configured with a ``KEY_FUNCTION``
+(django-tenants' ``make_key`` prefixes the current thread's schema) is used through a
+handle of the package's own: the same backend, location and options with Django's
+default key function, so the admin in the public schema, a worker in schema ``a`` and a
+background refresh thread all read and write the same keys.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.locmem import LocMemCache
+from django.utils.module_loading import import_string
 
-from .conf import getpaid_settings
+from .conf import getpaid_settings, on_settings_reset
 
 logger = logging.getLogger("django_getpaid_auth.cache")
 
@@ -39,8 +47,34 @@ def key(name: str) -> str:
     return f"{getpaid_settings.typed.cache_key_prefix}:{name}"
 
 
+_handles = threading.local()  # like Django's caches: one backend instance per thread
+_handles_version = [0]
+
+
+@on_settings_reset
+def _forget_handles() -> None:
+    _handles_version[0] += 1
+
+
 def shared() -> BaseCache:
-    return caches[getpaid_settings.CACHE_ALIAS]
+    """The shared cache, with keys that do not depend on the calling thread."""
+    alias = getpaid_settings.CACHE_ALIAS
+    params = settings.CACHES.get(alias, {})
+    if "KEY_FUNCTION" not in params:
+        return caches[alias]
+    handle: BaseCache | None = getattr(_handles, "cache", None)
+    if handle is None or getattr(_handles, "version", None) != _handles_version[0]:
+        handle = _own_handle(params)
+        _handles.cache, _handles.version = handle, _handles_version[0]
+    return handle
+
+
+def _own_handle(params: dict[str, Any]) -> BaseCache:
+    """``params``' backend without its KEY_FUNCTION (Django's default key function)."""
+    options = {k: v for k, v in params.items() if k not in ("BACKEND", "LOCATION", "KEY_FUNCTION")}
+    # Every concrete backend takes (location, params), unlike BaseCache itself.
+    backend: Callable[[str, dict[str, Any]], BaseCache] = import_string(params["BACKEND"])
+    return backend(params.get("LOCATION", ""), options)
 
 
 def is_degraded() -> bool:
