@@ -44,6 +44,24 @@ def _is_host_entry(value: Any) -> bool:
 
 
 @register()
+def check_tenant_resolver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from .exceptions import GetpaidAuthConfigurationError
+    from .tenants import resolver
+
+    try:
+        resolver()
+    except GetpaidAuthConfigurationError as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Name a function that takes no arguments and returns the current tenant.",
+                id="django_getpaid_auth.E007",
+            )
+        ]
+    return []
+
+
+@register()
 def check_allowed_api_hosts(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     hosts = getpaid_settings.ALLOWED_API_HOSTS
     if not isinstance(hosts, (list, tuple)):

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "CONFIG_ERROR_BACKOFF": 60,
     # Field of the tenant model that get_session("key") looks up.
     "TENANT_KEY_FIELD": "slug",
+    # Dotted path to a callable returning the current tenant, used when get_session() /
+    # get_token() get none (django-tenants: "django_getpaid_auth.tenants.django_tenants_tenant").
+    "TENANT_RESOLVER": None,
     # A process re-reads a credential (and what a tenant key points at) from the database
     # at least this often, even when no change was announced through the cache: the bound
     # on staleness after QuerySet.update(), raw SQL or an announcement lost with a process.

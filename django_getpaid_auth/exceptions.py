@@ -81,6 +81,10 @@ class TenantNotFoundError(GetpaidAuthError, LookupError):
     """No tenant matches the key given to get_session/get_token."""
 
 
+class NoCurrentTenantError(GetpaidAuthError, LookupError):
+    """No tenant was given, and no resolver (or no current tenant) supplies one."""
+
+
 class CredentialNotFoundError(GetpaidAuthError, LookupError):
     """The tenant has no active credential for the requested environment."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import cache_backend, clock, credentials, token_store
+from . import cache_backend, clock, credentials, tenants, token_store
 from .conf import getpaid_settings, on_settings_reset
 from .credentials import CredentialSnapshot, TenantRef
 from .token_store import CachedState
@@ -44,6 +44,7 @@ __all__ = [
     "reset",
     "snapshot_of",
     "tenant_key_changed",
+    "tenant_or_current",
     "wait_for_background_refreshes",
 ]
 
@@ -68,10 +69,16 @@ def _remember(key: Any, snapshot: CredentialSnapshot, token: AccessToken) -> Non
         _memo[key] = (until, snapshot, token)
 
 
+def tenant_or_current(tenant: TenantRef | None) -> TenantRef:
+    """``tenant``, or the current one from ``TENANT_RESOLVER`` when it is None."""
+    return tenants.current_tenant() if tenant is None else tenant
+
+
 def current_token(
-    tenant: TenantRef, environment: str | None, *, force_refresh: bool = False
+    tenant: TenantRef | None, environment: str | None, *, force_refresh: bool = False
 ) -> tuple[CredentialSnapshot, AccessToken]:
     """The credential snapshot and a usable token for it, reloading what has changed."""
+    tenant = tenant_or_current(tenant)
     key = credentials.lookup_key(tenant, environment)
     if not force_refresh:
         memo = _memo.get(key)
@@ -102,20 +109,21 @@ def _read_through(
 
 
 def get_token(
-    tenant: TenantRef, environment: str | None = None, *, force_refresh: bool = False
+    tenant: TenantRef | None = None, environment: str | None = None, *, force_refresh: bool = False
 ) -> AccessToken:
     """A valid access token for the tenant's getpaid credential.
 
-    ``tenant`` is a tenant instance or its key (``GETPAID_AUTH["TENANT_KEY_FIELD"]``);
+    ``tenant`` is a tenant instance or its key (``GETPAID_AUTH["TENANT_KEY_FIELD"]``), or
+    ``None`` for the current tenant (``GETPAID_AUTH["TENANT_RESOLVER"]``);
     ``environment`` is "live" or "sandbox" and may be omitted when the tenant has one
     active credential. ``force_refresh`` skips the cache and requests a new token.
     """
     return current_token(tenant, environment, force_refresh=force_refresh)[1]
 
 
-def invalidate_token(tenant: TenantRef, environment: str | None = None) -> None:
+def invalidate_token(tenant: TenantRef | None = None, environment: str | None = None) -> None:
     """Drop the tenant's cached token; the next call requests a new one."""
-    snapshot = credentials.resolve(tenant, environment)
+    snapshot = credentials.resolve(tenant_or_current(tenant), environment)
     token_store.forget_token(snapshot)
     clear_memo()
 

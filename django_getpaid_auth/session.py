@@ -330,11 +330,14 @@ class GetpaidSession(requests.Session):
         self.adapters.clear()
 
 
-def get_session(tenant: TenantRef, environment: str | None = None) -> GetpaidSession:
+def get_session(tenant: TenantRef | None = None, environment: str | None = None) -> GetpaidSession:
     """A session authenticated for ``tenant`` in ``environment`` ("live" or "sandbox").
 
-    ``tenant`` is a tenant instance or its key string. With ``environment`` omitted the
-    tenant's only active credential is used. Warm calls run no SQL.
+    ``tenant`` is a tenant instance or its key string; ``None`` means the current tenant
+    (``GETPAID_AUTH["TENANT_RESOLVER"]``), resolved now: the session keeps that tenant.
+    With ``environment`` omitted the tenant's only active credential is used. Warm calls
+    run no SQL.
     """
+    tenant = service.tenant_or_current(tenant)
     snapshot = service.credential_for(tenant, environment)
     return GetpaidSession(snapshot, tenant, environment)

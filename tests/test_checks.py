@@ -204,3 +204,15 @@ def test_good_allowed_api_hosts_are_quiet(settings):
 def test_api_url_with_an_invalid_port_is_an_error(settings):
     patch(settings, ENVIRONMENTS={"sandbox": {"API_URL": "https://api.example.com:70000"}})
     assert "django_getpaid_auth.E003" in ids()
+
+
+@pytest.mark.parametrize("path", ["tests.no_such_module.resolver", "tests.settings.SECRET_KEY"])
+def test_bad_tenant_resolver_is_an_error(settings, path):
+    patch(settings, TENANT_RESOLVER=path)
+    messages = [m for m in run_checks() if m.id == "django_getpaid_auth.E007"]
+    assert len(messages) == 1 and "TENANT_RESOLVER" in messages[0].msg
+
+
+def test_shipped_django_tenants_resolver_passes_the_check(settings):
+    patch(settings, TENANT_RESOLVER="django_getpaid_auth.tenants.django_tenants_tenant")
+    assert "django_getpaid_auth.E007" not in ids()
