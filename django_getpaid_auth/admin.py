@@ -75,8 +75,6 @@ def secret_problem(credential: ClientCredential) -> str:
         return str(_("cannot decrypt: check ENCRYPTION_KEYS"))
     except GetpaidAuthError as exc:  # no key / malformed key configured
         return str(exc)
-    except (ValueError, TypeError):
-        return str(_("cannot decrypt: check ENCRYPTION_KEYS"))
     return ""
 
 

@@ -137,23 +137,6 @@ def delete_many(names: Iterable[str]) -> None:
     _call("delete_many", list(names))
 
 
-def incr(name: str) -> int | None:
-    """Increment, or ``None`` when the key does not exist."""
-
-    def _incr(cache: BaseCache) -> int | None:
-        try:
-            return cache.incr(name)
-        except ValueError:  # Django's "key not found"
-            return None
-
-    if not is_degraded():
-        try:
-            return _incr(shared())
-        except Exception as exc:
-            _mark_down(exc)
-    return _incr(_fallback)
-
-
 # --- writes that must reach the shared cache ---------------------------------------------
 
 _pending: list[tuple[str, tuple[Any, ...]]] = []

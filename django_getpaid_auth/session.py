@@ -222,10 +222,7 @@ def _refusal(url: str, snapshot: CredentialSnapshot) -> str | None:
         return None  # listed as is: the host (default port) or host:port (the warm path)
     hostname = (parts.hostname or "").lower()
     default_port = _DEFAULT_PORTS.get(scheme)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1  # not a port: matches nothing
+    port = parts.port  # requests refuses a URL with an invalid port before auth runs
     if port is None:
         port = default_port
     if (hostname, port) in endpoints or (port == default_port and (hostname, None) in endpoints):

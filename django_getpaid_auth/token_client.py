@@ -27,7 +27,6 @@ import html
 import http.client
 import json
 import logging
-import math
 import random
 import re
 import socket
@@ -681,9 +680,8 @@ def _scrub(text: Any, secret: str, limit: int = MAX_DESCRIPTION) -> str:
 def _mask(text: str, forms: list[str]) -> str:
     # Every occurrence, whatever the secret's length: a short secret garbles the message
     # (every "s" of a one-letter secret "s" becomes ***), which is better than a leak.
-    for form in forms:
-        if form:
-            text = text.replace(form, "***")
+    for form in forms:  # _secret_forms drops empty forms
+        text = text.replace(form, "***")
     return text
 
 
@@ -758,8 +756,7 @@ def _error_for(
 
 
 def _clamp_wait(seconds: float) -> float:
-    if math.isnan(seconds):
-        return DEFAULT_RETRY_AFTER
+    """Callers pass finite numbers only (ASCII digits, HTTP dates): clamp to [0, MAX_WAIT]."""
     return max(0.0, min(MAX_WAIT, seconds))
 
 

@@ -161,8 +161,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        self.wfile.write(payload)  # no do_HEAD: HEAD gets 501 before reaching here
         self.wfile.flush()
 
     def reset_connection(self) -> None:

@@ -33,9 +33,7 @@ class Command(BaseCommand):
         failed: list[str] = []
         with transaction.atomic():
             rows = ClientCredential.objects.select_for_update().values_list("pk", "client_secret")
-            for pk, ciphertext in rows:
-                if ciphertext is None:
-                    continue
+            for pk, ciphertext in rows:  # the column is NOT NULL
                 try:
                     new = crypto.rotate(ciphertext)
                 except crypto.InvalidToken:  # wrong key, or not a Fernet token at all
