@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django_getpaid_auth.testing.fake_getpaid import (
+    API_FAULT_KINDS,
     FAULT_KINDS,
     KNOWN_SCOPES,
     LIVE_AUDIENCE,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "API_FAULT_KINDS",
     "FAULT_KINDS",
     "KNOWN_SCOPES",
     "LIVE_AUDIENCE",

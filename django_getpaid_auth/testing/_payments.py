@@ -18,7 +18,13 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["PAYMENT_STATUSES", "PaymentStore", "demo_payment", "payment_summary"]
+__all__ = [
+    "PAYMENT_STATUSES",
+    "PaymentStore",
+    "created_payment_response",
+    "demo_payment",
+    "payment_summary",
+]
 
 PAYMENT_STATUSES = (
     "initiated",
@@ -53,10 +59,24 @@ _DEMO_PAYMENTS = (
 )
 
 
-def demo_payment(client_id: str, index: int, now: float | None = None) -> dict[str, Any]:
-    """A payment shaped like the spec's GetPaymentResponse (CompletePayment example)."""
-    status, amount, currency, created, hint, scheme = _DEMO_PAYMENTS[(index - 1) % 3]
+def demo_payment(
+    client_id: str,
+    index: int,
+    now: float | None = None,
+    *,
+    amount: int | None = None,
+    currency: str | None = None,
+    reference: str | None = None,
+) -> dict[str, Any]:
+    """A payment shaped like the spec's GetPaymentResponse (CompletePayment example).
+
+    With ``now``, a payment captured at that time (what creating one returns);
+    ``amount``, ``currency`` and ``reference`` replace the demo values.
+    """
+    status, demo_amount, demo_currency, created, hint, scheme = _DEMO_PAYMENTS[(index - 1) % 3]
     seller_id, seller_name = _DEMO_SELLERS[(index - 1) % 3]
+    amount = demo_amount if amount is None else amount
+    currency = demo_currency if currency is None else currency
     if now is not None:
         status, created = "captured", _iso(now)
     platform_cut = amount // 10
@@ -66,7 +86,7 @@ def demo_payment(client_id: str, index: int, now: float | None = None) -> dict[s
     payment: dict[str, Any] = {
         "id": f"pay_{client_id}_{index}",
         "status": status,
-        "reference": f"ORD-202510-{index:04d}",
+        "reference": f"ORD-202510-{index:04d}" if reference is None else reference,
         "created_at": created,
         "updated_at": created,
         "amount": amount,
@@ -140,6 +160,44 @@ def demo_payment(client_id: str, index: int, now: float | None = None) -> dict[s
     return payment
 
 
+#: Fields of a payment that the spec's CreatePaymentResponse carries.
+_CREATE_RESPONSE_FIELDS = (
+    "id",
+    "status",
+    "reference",
+    "created_at",
+    "updated_at",
+    "statement_descriptor",
+    "method",
+    "splits",
+    "totals",
+)
+_ACCOUNT_NAMES = dict((*_DEMO_SELLERS, _PLATFORM))
+
+
+def created_payment_response(payment: Mapping[str, Any]) -> dict[str, Any]:
+    """Project a full payment onto the spec's CreatePaymentResponse (``201`` body)."""
+    return {key: copy.deepcopy(payment[key]) for key in _CREATE_RESPONSE_FIELDS if key in payment}
+
+
+def _requested_splits(splits: Mapping[str, Any]) -> dict[str, Any]:
+    """The calculated splits of a CreatePaymentRequest's ``splits`` (SplitsRequest)."""
+    accounts = []
+    for account in splits.get("accounts") or []:
+        account_id = str(account.get("id", ""))
+        accounts.append(
+            {
+                "type": account.get("type"),
+                "id": account_id,
+                "version": "0",
+                "legal_name": _ACCOUNT_NAMES.get(account_id, "Unknown account"),
+                "split": copy.deepcopy(account.get("split")),
+                "processing_fee": copy.deepcopy(account.get("processing_fee")) or {"percentage": 0},
+            }
+        )
+    return {"type": splits.get("type", "per_transaction"), "accounts": accounts}
+
+
 def payment_summary(payment: Mapping[str, Any]) -> dict[str, Any]:
     """Project a full payment onto the item shape of the spec's QueryPaymentsResponse."""
     accounts = (payment.get("splits") or {}).get("accounts") or []
@@ -196,6 +254,28 @@ class PaymentStore:
                 index += 1
                 full["id"] = f"pay_{client_id}_{index}"
             full.update(copy.deepcopy(dict(payment)))
+            store[full["id"]] = full
+            return copy.deepcopy(full)
+
+    def create(self, client_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Store the payment a valid CreatePaymentRequest creates; return a copy (captured)."""
+        with self._lock:
+            store = self._payments.setdefault(client_id, {})
+            index = len(store) + 1
+            while f"pay_{client_id}_{index}" in store:
+                index += 1
+            full = demo_payment(
+                client_id,
+                index,
+                now=time.time(),
+                amount=request["amount"],
+                currency=request["currency"],
+                reference=request["reference"],
+            )
+            full["splits"] = _requested_splits(request["splits"])
+            descriptor = (request.get("method") or {}).get("dynamic_descriptor")
+            if isinstance(descriptor, str) and descriptor:
+                full["statement_descriptor"] = f"GPD*{descriptor}"
             store[full["id"]] = full
             return copy.deepcopy(full)
 

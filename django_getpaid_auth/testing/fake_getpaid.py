@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django_getpaid_auth.testing._http import Handler
-from django_getpaid_auth.testing.api import ApiEmulation
+from django_getpaid_auth.testing.api import API_FAULT_KINDS, ApiEmulation
 from django_getpaid_auth.testing.token_server import (
     ENVIRONMENT_AUDIENCES,
     FAULT_KINDS,
@@ -32,6 +32,7 @@ from django_getpaid_auth.testing.token_server import (
 )
 
 __all__ = [
+    "API_FAULT_KINDS",
     "ENVIRONMENT_AUDIENCES",
     "FAULT_KINDS",
     "KNOWN_SCOPES",
@@ -64,7 +65,12 @@ class FakeGetpaid(FakeTokenServer):
         api_latency: float = 0.0,
     ) -> None:
         super().__init__(host, port, token_lifetime=token_lifetime, token_latency=token_latency)
-        self.api = ApiEmulation(self, latency=api_latency, sleep=self._sleep)
+        self.api = ApiEmulation(
+            self,
+            latency=api_latency,
+            sleep=self._sleep,
+            fault_timeout=lambda: self.fault_timeout_sleep,
+        )
 
     @property
     def api_latency(self) -> float:
@@ -77,7 +83,8 @@ class FakeGetpaid(FakeTokenServer):
 
     @property
     def api_requests(self) -> list[dict[str, Any]]:
-        """Log of API requests: client, method, path, environment, status, trace id, time."""
+        """Log of API requests: client, method, path, environment, status, trace id,
+        idempotency key, ``replayed``, ``fault`` (the fault kind served, or None), time."""
         return self.api.requests
 
     # ------------------------------------------------------------------ addresses
@@ -124,7 +131,33 @@ class FakeGetpaid(FakeTokenServer):
         """Copies of the payments visible to ``client_id`` (insertion order)."""
         return self.api.store.payments(client_id)
 
+    # ------------------------------------------------------------------ faults
+    def fail_next_api_requests(
+        self, kind: str, count: int = 1, *, retry_after: int | None = None
+    ) -> None:
+        """Queue ``count`` faults of ``kind`` for the next API requests (FIFO).
+
+        ``kind`` is one of :data:`API_FAULT_KINDS`: ``"500"``, ``"502_html"``, ``"503"``,
+        ``"429"``, ``"reset"``, ``"timeout"`` or ``"commit_then_reset"`` (the request
+        takes effect, e.g. a payment is created, then the connection is reset without
+        an answer).
+        """
+        self.api.fail_next_requests(kind, count, retry_after=retry_after)
+
+    def clear_faults(self) -> None:
+        """Drop token and API faults that have not been served yet."""
+        super().clear_faults()
+        self.api.clear_faults()
+
     # ------------------------------------------------------------------ counters
+    def idempotency_keys(self, client_id: str | None = None) -> list[str]:
+        """``Getpaid-Idempotency-Key`` of each API request that sent one, in arrival order.
+
+        One entry per attempt: a retry that kept its key repeats it. Per client (the
+        token's ``azp``) when ``client_id`` is given; ``reset_counters()`` forgets them.
+        """
+        return self.api.idempotency_keys(client_id)
+
     def api_request_count(self, client_id: str | None = None) -> int:
         """Requests to the API (any status), total or per client (the token's ``azp``)."""
         return self.api.request_count(client_id)

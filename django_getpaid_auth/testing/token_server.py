@@ -51,7 +51,8 @@ KNOWN_SCOPES: tuple[str, ...] = (
 )
 #: Audience required by each API path prefix.
 ENVIRONMENT_AUDIENCES: dict[str, str] = {"live": LIVE_AUDIENCE, "sandbox": SANDBOX_AUDIENCE}
-#: Fault kinds accepted by :meth:`FakeTokenServer.fail_next_token_requests`.
+#: Fault kinds accepted by :meth:`FakeTokenServer.fail_next_token_requests` (and, for
+#: those in ``api.API_FAULT_KINDS``, by ``FakeGetpaid.fail_next_api_requests``).
 FAULT_KINDS: tuple[str, ...] = (
     "500",
     "502_html",
@@ -63,6 +64,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "negative_expires",
     "reset",
     "timeout",
+    "commit_then_reset",
 )
 #: Path of the token endpoint (Auth0's ``/oauth/token``).
 TOKEN_PATH = "/oauth/token"
@@ -307,7 +309,8 @@ class FakeTokenServer(LoopbackServer):
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
         if fault is not None:
-            self._serve_fault(handler, entry, params, *fault)
+            credentials = (None, None) if parse_error else (auth_client_id, auth_secret)
+            self._serve_fault(handler, entry, params, *fault, credentials=credentials)
             return
         try:
             if parse_error:
@@ -427,12 +430,23 @@ class FakeTokenServer(LoopbackServer):
         params: dict[str, Any],
         kind: str,
         retry_after: int | None,
+        *,
+        credentials: tuple[str | None, str | None] = (None, None),
     ) -> None:
         entry["fault"] = kind
         extra: dict[str, str] = {}
         if retry_after is not None:
             extra["Retry-After"] = str(retry_after)
         if kind == "reset":
+            self._log_token(entry, None, "connection_reset")
+            handler.reset_connection()
+            return
+        if kind == "commit_then_reset":
+            # The request is handled (a token is issued) but its answer never leaves.
+            try:
+                entry["committed_status"] = self._token_response(params, *credentials)[0]
+            except ReplyError as reply:
+                entry["committed_status"] = reply.status
             self._log_token(entry, None, "connection_reset")
             handler.reset_connection()
             return
