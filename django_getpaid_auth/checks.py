@@ -162,6 +162,7 @@ NUMBERS: dict[str, tuple[type, float, float | None]] = {
     "RETRY_BACKOFF": (float, 0, None),
     "RETRY_BACKOFF_MAX": (float, 0, None),
     "MAX_RETRY_AFTER": (float, 0, 3600),
+    "API_RETRIES": (int, 0, 10),
     "REFRESH_MARGIN": (float, 0, None),
     "REFRESH_MARGIN_RATIO": (float, 0, 0.5),
     "CLOCK_SKEW": (float, 0, None),

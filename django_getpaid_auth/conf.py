@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF_MAX": 8.0,
     # A 429 whose Retry-After is at most this many seconds is waited out once.
     "MAX_RETRY_AFTER": 5.0,
+    # Retries of a getpaid API call (connection failures, 502/503/504, a short 429; a 500
+    # with an idempotency key): GET/HEAD/OPTIONS and requests with a key only. 0 disables.
+    "API_RETRIES": 2,
     # A token is refreshed max(REFRESH_MARGIN, REFRESH_MARGIN_RATIO * lifetime) before expiry.
     "REFRESH_MARGIN": 60,
     "REFRESH_MARGIN_RATIO": 0.1,
@@ -104,6 +107,7 @@ class TypedSettings:
     retry_backoff: float
     retry_backoff_max: float
     max_retry_after: float
+    api_retries: int
     local_cache_timeout: float
     lease_timeout: float
     wait_timeout: float
@@ -166,6 +170,7 @@ class GetpaidAuthSettings:
             retry_backoff=value("RETRY_BACKOFF", float),
             retry_backoff_max=value("RETRY_BACKOFF_MAX", float),
             max_retry_after=value("MAX_RETRY_AFTER", float),
+            api_retries=max(0, value("API_RETRIES", int)),
             local_cache_timeout=value("LOCAL_CACHE_TIMEOUT", float),
             lease_timeout=value("LEASE_TIMEOUT", float),
             wait_timeout=value("WAIT_TIMEOUT", float),
