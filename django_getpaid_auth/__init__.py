@@ -2,7 +2,7 @@
 
 Public API::
 
-    from django_getpaid_auth import get_session, get_token, invalidate_token
+    from django_getpaid_auth import api_error, get_session, get_token, invalidate_token
 
 Names are imported lazily so that importing the package never needs Django set up.
 """
@@ -17,6 +17,7 @@ __all__ = [
     "AccessToken",
     "GetpaidBearerAuth",
     "GetpaidSession",
+    "api_error",
     "get_session",
     "get_token",
     "invalidate_token",
@@ -26,6 +27,7 @@ _LAZY = {
     "AccessToken": "django_getpaid_auth.tokens",
     "GetpaidBearerAuth": "django_getpaid_auth.session",
     "GetpaidSession": "django_getpaid_auth.session",
+    "api_error": "django_getpaid_auth.session",
     "get_session": "django_getpaid_auth.session",
     "get_token": "django_getpaid_auth.service",
     "invalidate_token": "django_getpaid_auth.service",
@@ -33,7 +35,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .service import get_token, invalidate_token
-    from .session import GetpaidBearerAuth, GetpaidSession, get_session
+    from .session import GetpaidBearerAuth, GetpaidSession, api_error, get_session
     from .tokens import AccessToken
 
 

@@ -269,3 +269,91 @@ _TOKEN_ERRORS: dict[str, type[TokenRequestError]] = {
 
 class ForeignHostError(GetpaidAuthError, ValueError):
     """A GetpaidSession was asked to send its token to a host that is not getpaid's."""
+
+
+# --- getpaid API answers -------------------------------------------------------------
+
+
+class GetpaidAPIError(GetpaidAuthError, requests.HTTPError):
+    """The getpaid API answered 4xx or 5xx (after the retries and the 401 retry).
+
+    Raised by sessions from ``get_session(..., raise_errors=True)``; returned, not
+    raised, by :func:`django_getpaid_auth.api_error`. Also a ``requests.HTTPError``, so
+    ``except requests.HTTPError`` (as for ``raise_for_status()``) catches it. Subclasses
+    by status: ``APIBadRequestError`` (400, 422), ``APIAuthorizationError`` (401, 403),
+    ``APINotFoundError`` (404), ``APIConflictError`` (409), ``APIRateLimitedError``
+    (429), ``APIServerError`` (5xx); another 4xx is a plain ``GetpaidAPIError``.
+
+    Attributes:
+
+    - ``status_code``: the HTTP status;
+    - ``problem``: the RFC 7807 problem document (a dict), or None when the body is not
+      ``application/problem+json`` (or is larger than 64 KiB or not a JSON object);
+      untrusted server data, as is;
+    - ``trace_id``: the answer's ``Getpaid-Trace-Id`` (printable), or None; quote it to
+      getpaid's support;
+    - ``idempotency_key``: the request's ``Getpaid-Idempotency-Key``, or None;
+    - ``method`` and ``path`` (without the query string) of the request;
+    - ``attempts``: how many times the request was sent (1 + retries; the 401 retry is
+      not counted);
+    - ``failed_trace_ids``: the trace ids of earlier failed answers of this call (retried
+      attempts, a 401 that was retried), oldest first;
+    - ``response`` (and ``request``): the ``requests`` objects, as on any HTTPError.
+
+    The message reads ``getpaid API 409 Conflict on POST /v2/payments: <title> —
+    <detail> (trace id …)``. It quotes only the problem's title and detail (printable,
+    bounded, with the bearer token masked); never a request header or body.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status_code: int = 0,
+        problem: dict[str, Any] | None = None,
+        trace_id: str | None = None,
+        idempotency_key: str | None = None,
+        method: str = "",
+        path: str = "",
+        attempts: int = 1,
+        failed_trace_ids: tuple[str, ...] = (),
+        response: requests.Response | None = None,
+    ) -> None:
+        requests.HTTPError.__init__(self, message, response=response)
+        self.status_code = status_code
+        self.problem = problem
+        self.trace_id = trace_id
+        self.idempotency_key = idempotency_key
+        self.method = method
+        self.path = path
+        self.attempts = attempts
+        self.failed_trace_ids = failed_trace_ids
+
+
+class APIBadRequestError(GetpaidAPIError):
+    """400 or 422: the request is malformed or invalid; sending it again will not help."""
+
+
+class APIAuthorizationError(GetpaidAPIError):
+    """401 or 403: the token was refused (after the automatic 401 retry) or lacks a scope."""
+
+
+class APINotFoundError(GetpaidAPIError):
+    """404: the checkout, payment, application or account does not exist."""
+
+
+class APIConflictError(GetpaidAPIError):
+    """409: the request conflicts with the resource's state, or an idempotency key was
+    reused with a different body."""
+
+
+class APIRateLimitedError(GetpaidAPIError):
+    """429: too many requests. ``retry_after``: seconds to wait (``Retry-After``), or None."""
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class APIServerError(GetpaidAPIError):
+    """5xx: getpaid failed. Retry later with the same ``Getpaid-Idempotency-Key``."""
