@@ -9,7 +9,7 @@ error, as before. ``django_tenants_tenant`` is the resolver for django-tenants p
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from django.utils.module_loading import import_string
 
@@ -21,13 +21,13 @@ Resolver = Callable[[], Any]
 
 def resolver() -> Resolver | None:
     """The configured resolver, imported (or None when the setting is empty)."""
-    path = getpaid_settings.TENANT_RESOLVER
+    path: object = getpaid_settings.TENANT_RESOLVER
     if not path:
         return None
     if callable(path):
-        return path
+        return cast(Resolver, path)
     try:
-        found = import_string(str(path))
+        found: object = import_string(str(path))
     except ImportError as exc:
         raise GetpaidAuthConfigurationError(
             f"{SETTING_NAME}['TENANT_RESOLVER'] is {path!r}, which cannot be imported: {exc}"
@@ -36,7 +36,7 @@ def resolver() -> Resolver | None:
         raise GetpaidAuthConfigurationError(
             f"{SETTING_NAME}['TENANT_RESOLVER'] is {path!r}, which is not callable."
         )
-    return found
+    return cast(Resolver, found)
 
 
 def current_tenant() -> Any:
