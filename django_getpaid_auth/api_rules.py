@@ -165,7 +165,7 @@ def retry_after_seconds(value: str | bytes | None, now: float) -> float | None:
         return None
     value = value.strip()[:MAX_HEADER_TEXT]
     if _DECIMAL.fullmatch(value):
-        return _clamp_wait(float(value))
+        return clamp_wait(float(value))
     if not value or not value.isascii():
         return None
     try:
@@ -175,10 +175,11 @@ def retry_after_seconds(value: str | bytes | None, now: float) -> float | None:
         when = parsed.timestamp()
     except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return _clamp_wait(when - now)
+    return clamp_wait(when - now)
 
 
-def _clamp_wait(seconds: float) -> float:
+def clamp_wait(seconds: float) -> float:
+    """Seconds within [0, MAX_WAIT]: no server makes a caller wait longer than a day."""
     return max(0.0, min(MAX_WAIT, seconds))
 
 

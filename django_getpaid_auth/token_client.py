@@ -22,7 +22,6 @@ Every part of the answer is untrusted and bounded:
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import html
 import http.client
 import json
@@ -33,7 +32,6 @@ import socket
 import threading
 import time
 import zlib
-from datetime import timezone
 from typing import Any, TypedDict
 from urllib.parse import quote, quote_plus
 
@@ -46,7 +44,7 @@ import urllib3.exceptions
 import urllib3.poolmanager
 from django.views.decorators.debug import sensitive_variables
 
-from . import clock
+from . import api_rules, clock
 from .conf import getpaid_settings
 from .credentials import CredentialSnapshot
 from .exceptions import (
@@ -79,13 +77,12 @@ MAX_HEADER_TEXT = 200
 # sooner if the token really expired). Digit strings longer than 20 characters are refused.
 MAX_EXPIRES_IN = 365 * 24 * 3600
 # Any wait a server asks for (Retry-After, x-ratelimit-reset, Auth0 quota) is clamped here.
-MAX_WAIT = 24 * 3600.0
+MAX_WAIT = api_rules.MAX_WAIT
 # A 429 that does not say how long to wait is remembered for this long.
 DEFAULT_RETRY_AFTER = 60.0
 
 _CHUNK = 16 * 1024
 _DIGITS = re.compile(r"[0-9]{1,20}")
-_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,9})?")
 _QUOTA_RESET = re.compile(r"(?:^|;)\s*t=([0-9]{1,20})\s*(?:;|$)")
 # RFC 6749 scope-token: %x21 / %x23-5B / %x5D-7E
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")
@@ -755,32 +752,9 @@ def _error_for(
 # --- rate limits -----------------------------------------------------------------------
 
 
-def _clamp_wait(seconds: float) -> float:
-    """Callers pass finite numbers only (ASCII digits, HTTP dates): clamp to [0, MAX_WAIT]."""
-    return max(0.0, min(MAX_WAIT, seconds))
-
-
 def _header(headers: Any, name: str) -> str:
     value = headers.get(name)
     return value.strip()[:MAX_HEADER_TEXT] if isinstance(value, str) else ""
-
-
-def _retry_after(value: str) -> float | None:
-    """RFC 9110 Retry-After: delay-seconds (a decimal is tolerated) or an HTTP-date."""
-    if _DECIMAL.fullmatch(value):
-        return _clamp_wait(float(value))
-    if not value or not value.isascii():
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-        if parsed is None:  # pragma: no cover - Python < 3.10 returned None
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        when = parsed.timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError, OSError):
-        return None
-    return _clamp_wait(when - time.time())
 
 
 def rate_limit_wait(headers: Any) -> tuple[float | None, str]:
@@ -792,15 +766,15 @@ def rate_limit_wait(headers: Any) -> tuple[float | None, str]:
     """
     quota = _header(headers, "Auth0-Client-Quota-Limit") or _header(headers, "Auth0-Quota-Limit")
     waits: list[float] = []
-    retry_after = _retry_after(_header(headers, "Retry-After"))
+    retry_after = api_rules.retry_after_seconds(_header(headers, "Retry-After"), time.time())
     if retry_after is not None:
         waits.append(retry_after)
     reset = _header(headers, "x-ratelimit-reset")
     if _DIGITS.fullmatch(reset):
         value = float(reset)
         # epoch seconds (Auth0) or, from some servers, seconds from now
-        waits.append(_clamp_wait(value - time.time() if value > 10**9 else value))
+        waits.append(api_rules.clamp_wait(value - time.time() if value > 10**9 else value))
     match = _QUOTA_RESET.search(quota.replace(",", ";")) if quota else None
     if match and not waits:
-        waits.append(_clamp_wait(float(match.group(1))))
+        waits.append(api_rules.clamp_wait(float(match.group(1))))
     return (max(waits) if waits else None), printable(quota)
