@@ -352,6 +352,63 @@ def test_example_signal_receiver():
     )
 
 
+@checks_example("pay-order-view")
+@pytest.mark.django_db
+def test_example_pay_order_view(fake_getpaid_settings):
+    import json
+    import uuid
+
+    fake = fake_getpaid_settings
+    fake.register_client("shop-client", "shop-secret", scopes="payments:read_write")
+    tenant = Tenant.objects.create(slug="shop", name="Shop")
+    ClientCredential.objects.create(
+        tenant=tenant,
+        environment="sandbox",
+        client_id="shop-client",
+        client_secret="shop-secret",
+        scopes="payments:read_write",
+    )
+    ns = _run("pay-order-view")
+    body = {
+        "reference": "ORD-42",
+        "amount": 1000,
+        "currency": "EUR",
+        "splits": {"type": "per_transaction", "accounts": [{"type": "seller", "id": "acc_1"}]},
+        "standing_instruction": {"id": "sti_1"},
+    }
+    order = SimpleNamespace(pk=42, payment_request=lambda: body)
+    request = RequestFactory().post("/orders/42/pay")
+    request.user = SimpleNamespace(tenant=tenant)
+
+    # A double click: two calls, one payment, one key derived from the order.
+    first, second = ns["pay_order"](request, order), ns["pay_order"](request, order)
+    assert first.status_code == second.status_code == 201
+    assert json.loads(first.content)["id"] == json.loads(second.content)["id"]
+    key = str(uuid.uuid5(ns["PAYMENT_KEYS"], "order-42-pay"))
+    assert fake.idempotency_keys("shop-client") == [key, key]
+    assert len(fake.payments("shop-client")) == 4
+
+    # The connection drops after getpaid created the payment: the retry gets it.
+    other = SimpleNamespace(pk=43, payment_request=lambda: {**body, "reference": "ORD-43"})
+    fake.fail_next_api_requests("commit_then_reset")
+    assert ns["pay_order"](request, other).status_code == 201
+    assert len(fake.payments("shop-client")) == 5
+
+    # An invalid order: 400 with getpaid's field errors, sent once.
+    fake.reset_counters()
+    broken = SimpleNamespace(pk=44, payment_request=lambda: {"reference": "ORD-44"})
+    response = ns["pay_order"](request, broken)
+    assert response.status_code == 400
+    assert json.loads(response.content)["errors"]["amount"] == ["required"]
+    assert fake.api_request_count() == 1
+
+    # getpaid keeps failing: 502 with the trace id of the last answer.
+    fake.fail_next_api_requests("500", count=3)
+    response = ns["pay_order"](request, SimpleNamespace(pk=45, payment_request=lambda: body))
+    assert response.status_code == 502
+    assert json.loads(response.content)["trace_id"] == fake.api_requests[-1]["trace_id"]
+
+
 def test_fault_table_lists_every_fault_kind():
     from django_getpaid_auth.testing import FAULT_KINDS
 

@@ -1,4 +1,4 @@
-"""The shop's only page: the signed-in user's tenant payments."""
+"""The shop's page (the signed-in user's tenant payments) and its one action."""
 
 from __future__ import annotations
 
@@ -10,4 +10,5 @@ app_name = "shop"
 
 urlpatterns = [
     path("", views.payments, name="payments"),
+    path("payments/create/", views.create_payment, name="create_payment"),
 ]

@@ -1,29 +1,38 @@
 """The payments page: what a tenant-aware view using django-getpaid-auth looks like.
 
 The view never handles a secret or a token: it names the tenant, and the package finds
-the credential, fetches (or reuses) the token and authenticates the request.
+the credential, fetches (or reuses) the token and authenticates the request. Nor does
+it handle idempotency keys, retries or problem documents: the session gives the POST
+its ``Getpaid-Idempotency-Key``, retries what is safe to retry and, with
+``raise_errors=True``, raises a typed ``GetpaidAPIError`` (status, problem, trace id)
+for a 4xx/5xx answer.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from decimal import Decimal
 from typing import Any
-from uuid import uuid4
 
 import requests
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
 from django_getpaid_auth import get_session, get_token
-from django_getpaid_auth.exceptions import GetpaidAuthError
+from django_getpaid_auth.exceptions import GetpaidAPIError, GetpaidAuthError
 
 from .models import Membership
 
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
+#: Namespace of the shop's idempotency keys (any fixed UUID of your own).
+PAYMENT_KEYS = uuid.UUID("5d3f0c8e-2b7a-4f61-9a0e-6c1b8d4e7f20")
 
 
 def _format_amount(amount: Any, currency: Any) -> str:
@@ -55,24 +64,6 @@ def _rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _api_error(response: requests.Response) -> str:
-    """A readable line from an RFC 7807 problem response, with the trace id for support."""
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = {}
-    if not isinstance(problem, dict):
-        problem = {}
-    parts = [f"getpaid API answered HTTP {response.status_code}"]
-    title, detail = problem.get("title"), problem.get("detail")
-    if title or detail:
-        parts.append(": " + " — ".join(str(p) for p in (title, detail) if p))
-    trace_id = response.headers.get("Getpaid-Trace-Id")
-    if trace_id:
-        parts.append(f" (trace id {trace_id})")
-    return "".join(parts)
-
-
 @login_required
 def payments(request: HttpRequest) -> HttpResponse:
     """List the signed-in user's tenant payments, and when its getpaid token expires."""
@@ -86,6 +77,9 @@ def payments(request: HttpRequest) -> HttpResponse:
         )
         return render(request, "shop/payments.html", context)
     context["tenant"] = tenant
+    # Identifies the "create a test payment" form shown now: submitting it twice (a double
+    # click, the browser's resubmit) is the same operation, hence the same key.
+    context["operation"] = uuid.uuid4().hex
 
     try:
         # Only the expiry, scopes and fingerprint reach the template, never the token
@@ -96,9 +90,10 @@ def payments(request: HttpRequest) -> HttpResponse:
             "scopes": sorted(token.scopes),
             "fingerprint": token.fingerprint,
         }
-        session = get_session(tenant)
+        session = get_session(tenant, raise_errors=True)
         context["environment"] = session.environment
         context["api_url"] = session.api_url
+        # No Getpaid-Idempotency-Key: the session adds one (and keeps it on retries).
         response = session.post(
             "/v2/payments/query",
             json={
@@ -106,8 +101,14 @@ def payments(request: HttpRequest) -> HttpResponse:
                 "first": PAGE_SIZE,
                 "sorts": [{"field": "created_at", "direction": "descending"}],
             },
-            headers={"Getpaid-Idempotency-Key": str(uuid4())},
         )
+    except GetpaidAPIError as exc:
+        # getpaid answered 4xx/5xx (after the retries): the message has the status, the
+        # problem's title and detail and the trace id to quote to getpaid's support.
+        logger.warning("getpaid API error for tenant %s: %s", tenant, exc)
+        context["error"] = str(exc)
+        context["trace_id"] = exc.trace_id
+        return render(request, "shop/payments.html", context, status=502)
     except GetpaidAuthError as exc:
         # Configuration, credential and token errors: their text says what to fix and
         # never contains a secret or token.
@@ -119,10 +120,71 @@ def payments(request: HttpRequest) -> HttpResponse:
         context["error"] = f"The getpaid API could not be reached ({type(exc).__name__})."
         return render(request, "shop/payments.html", context, status=502)
 
-    if not response.ok:
-        context["error"] = _api_error(response)
-        return render(request, "shop/payments.html", context, status=502)
     body = response.json()
     context["payments"] = _rows(body.get("data") or [])
     context["has_more"] = bool(body.get("cursor"))
     return render(request, "shop/payments.html", context)
+
+
+def _test_payment(reference: str) -> dict[str, Any]:
+    """A CreatePaymentRequest for 19.99 EUR, split between a seller and the platform."""
+    return {
+        "reference": reference,
+        "amount": 1999,
+        "currency": "EUR",
+        "splits": {
+            "type": "per_transaction",
+            "accounts": [
+                {
+                    "type": "seller",
+                    "id": "acc_44678r08jtm8zbt227tzhc4nw5",
+                    "split": {"type": "fixed", "amount": 1799},
+                },
+                {
+                    "type": "platform",
+                    "id": "acc_4q90qx2kdczs59yqfq34p09qx6",
+                    "split": {"type": "fixed", "amount": 200},
+                    "processing_fee": {"percentage": 100},
+                },
+            ],
+        },
+        "standing_instruction": {"id": "sti_4tbftjwzxja1h71nzas1g0g1xm"},
+    }
+
+
+@login_required
+@require_POST
+def create_payment(request: HttpRequest) -> HttpResponse:
+    """Create a test payment once per submitted form, however often it is submitted."""
+    try:
+        tenant = request.user.membership.tenant  # type: ignore[union-attr]
+    except Membership.DoesNotExist:
+        return redirect("shop:payments")
+    operation = request.POST.get("operation", "")
+    if not re.fullmatch(r"[0-9a-f]{32}", operation):
+        messages.error(request, "The form is out of date; please try again.")
+        return redirect("shop:payments")
+    # The session's automatic key would protect only its own retries. A second submit
+    # is a second call, so the key comes from the operation: the same form gives the same
+    # key, and getpaid answers it with the first payment instead of creating another.
+    key = str(uuid.uuid5(PAYMENT_KEYS, f"tenant-{tenant.pk}-payment-{operation}"))
+    try:
+        response = get_session(tenant, raise_errors=True).post(
+            "/v2/payments",
+            json=_test_payment(f"DEMO-{operation[:12].upper()}"),
+            headers={"Getpaid-Idempotency-Key": key},
+        )
+    except GetpaidAPIError as exc:
+        logger.warning("getpaid API error for tenant %s: %s", tenant, exc)
+        messages.error(request, str(exc))
+    except (GetpaidAuthError, requests.RequestException) as exc:
+        logger.warning("creating a payment for tenant %s failed: %s", tenant, exc)
+        messages.error(request, f"The payment could not be created ({type(exc).__name__}).")
+    else:
+        payment = response.json()
+        messages.success(
+            request,
+            f"Payment {payment.get('id')} created: {payment.get('status')} "
+            f"(trace id {response.headers.get('Getpaid-Trace-Id')}).",
+        )
+    return redirect("shop:payments")

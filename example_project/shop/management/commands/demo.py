@@ -25,7 +25,7 @@ from shop.models import Membership
 
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "demo-admin"  # a local demo on loopback; printed below
-SCOPES = "payments:read"
+SCOPES = "payments:read payments:read_write"  # list payments, create test payments
 HOST = "127.0.0.1"
 
 
