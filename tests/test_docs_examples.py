@@ -352,6 +352,39 @@ def test_example_signal_receiver():
     )
 
 
+@checks_example("request-tenant-resolver")
+@pytest.mark.django_db
+def test_example_request_tenant_resolver(acme, fake_getpaid_settings, settings, monkeypatch):
+    from django_getpaid_auth import get_session, get_token
+    from django_getpaid_auth.exceptions import NoCurrentTenantError
+
+    ns = _run("request-tenant-resolver")
+    module = type(sys)(ns["__name__"])  # importable, as myproject.tenancy would be
+    module.__dict__.update(ns)
+    monkeypatch.setitem(sys.modules, ns["__name__"], module)
+    settings.GETPAID_AUTH = {
+        **settings.GETPAID_AUTH,
+        "TENANT_RESOLVER": f"{ns['__name__']}.current_tenant",
+    }
+
+    def view(request):  # calls getpaid without naming the tenant
+        return get_session().post(
+            "/v2/payments/query", json={}, headers={"Getpaid-Idempotency-Key": "docs-resolver"}
+        )
+
+    request = RequestFactory().get("/payments")
+    request.organization = acme
+    response = ns["CurrentTenantMiddleware"](view)(request)
+    assert response.status_code == 200
+    assert fake_getpaid_settings.token_request_count("acme-client") == 1
+    # After the request there is no current tenant: a typed error, not the last tenant.
+    with pytest.raises(NoCurrentTenantError):
+        get_token()
+    # Nor in a request without an organization.
+    with pytest.raises(NoCurrentTenantError):
+        ns["CurrentTenantMiddleware"](view)(RequestFactory().get("/payments"))
+
+
 @checks_example("pay-order-view")
 @pytest.mark.django_db
 def test_example_pay_order_view(fake_getpaid_settings):
