@@ -1,6 +1,6 @@
 """The rules for calling the getpaid API, without I/O: idempotency keys, retries, errors.
 
-``GetpaidSession`` (requests) applies them; an async client is meant to apply the same
+``GetpaidSession`` (requests) and ``GetpaidAsyncClient`` (httpx) apply the same
 functions, so both behave alike. Nothing here sends, sleeps, reads settings or a clock:
 callers pass the request's method and headers, the answer's status, headers and body,
 the settings' numbers, the current time and a random number.
@@ -25,6 +25,7 @@ import http
 import http.client
 import json
 import re
+import sys
 import uuid
 from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import timezone
@@ -150,7 +151,24 @@ def is_transport_failure(exc: BaseException) -> bool:
     the idempotency key makes the retry safe). Timeouts waiting for the answer and TLS
     errors are not transport failures in this sense.
     """
-    return isinstance(exc, _TRANSPORT_FAILURES) and not isinstance(exc, _NOT_TRANSPORT_FAILURES)
+    if isinstance(exc, _TRANSPORT_FAILURES):
+        return not isinstance(exc, _NOT_TRANSPORT_FAILURES)
+    return isinstance(exc, _httpx_transport_failures())
+
+
+def _httpx_transport_failures() -> tuple[type[BaseException], ...]:
+    """httpx's equivalents (the async client), if httpx is loaded: no import here, so the
+    sync path never pays for it. A read timeout is not one (the server may be working)."""
+    httpx = sys.modules.get("httpx")
+    if httpx is None:
+        return ()
+    return (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.ReadError,
+        httpx.WriteError,
+        httpx.RemoteProtocolError,
+    )
 
 
 def retry_after_seconds(value: str | bytes | None, now: float) -> float | None:

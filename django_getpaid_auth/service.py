@@ -60,6 +60,19 @@ def clear_memo() -> None:
         _memo.clear()
 
 
+def memo_hit(key: Any) -> tuple[CredentialSnapshot, AccessToken] | None:
+    """The process-local copy for ``key`` if still trusted (no I/O: the async warm path)."""
+    memo = _memo.get(key)
+    if memo is not None and clock.now() < memo[0]:
+        return memo[1], memo[2]
+    return None
+
+
+def remember(key: Any, snapshot: CredentialSnapshot, token: AccessToken) -> None:
+    """Keep ``token`` for ``key`` in this process (at most LOCAL_CACHE_TIMEOUT)."""
+    _remember(key, snapshot, token)
+
+
 def _remember(key: Any, snapshot: CredentialSnapshot, token: AccessToken) -> None:
     timeout = getpaid_settings.typed.local_cache_timeout
     if timeout <= 0:
@@ -81,9 +94,9 @@ def current_token(
     tenant = tenant_or_current(tenant)
     key = credentials.lookup_key(tenant, environment)
     if not force_refresh:
-        memo = _memo.get(key)
-        if memo is not None and clock.now() < memo[0]:
-            return memo[1], memo[2]
+        memo = memo_hit(key)
+        if memo is not None:
+            return memo
     snapshot, token = _read_through(tenant, environment, force_refresh)
     _remember(key, snapshot, token)
     return snapshot, token
@@ -92,20 +105,42 @@ def current_token(
 def _read_through(
     tenant: TenantRef, environment: str | None, force_refresh: bool
 ) -> tuple[CredentialSnapshot, AccessToken]:
+    snapshot, cached = read_cached(tenant, environment)
+    if snapshot is None:
+        snapshot = credentials.resolve(tenant, environment, generation=cached)
+        cached = token_store.UNSET
+    return snapshot, token_store.get(snapshot, force_refresh=force_refresh, cached=cached)
+
+
+_UNREAD: Any = credentials._UNREAD
+
+
+def read_cached(
+    tenant: TenantRef, environment: str | None
+) -> tuple[CredentialSnapshot | None, Any]:
+    """Cache only, no SQL: (snapshot, its cached token entry) when this process's snapshot
+    is current, else (None, the generation read, or "unread") for ``resolve`` to load."""
     snapshot = credentials.cached_snapshot(tenant, environment)
     if snapshot is None:
-        snapshot = credentials.resolve(tenant, environment)
-        return snapshot, token_store.get(snapshot, force_refresh=force_refresh)
+        return None, _UNREAD
     gen_key = credentials.generation_key()
     tok_key = token_store.token_key(snapshot)
     values = cache_backend.get_many([gen_key, tok_key])
     generation = credentials.parse_generation(values.get(gen_key))
     if generation != snapshot.generation:
-        snapshot = credentials.resolve(tenant, environment, generation=generation)
-        return snapshot, token_store.get(snapshot, force_refresh=force_refresh)
-    return snapshot, token_store.get(
-        snapshot, force_refresh=force_refresh, cached=values.get(tok_key)
-    )
+        return None, generation
+    return snapshot, values.get(tok_key)
+
+
+def resolve(tenant: TenantRef, environment: str | None, generation: Any) -> CredentialSnapshot:
+    """The credential snapshot, from the database when not current (``generation`` as
+    returned by ``read_cached``)."""
+    return credentials.resolve(tenant, environment, generation=generation)
+
+
+def peek(snapshot: CredentialSnapshot, cached: Any = token_store.UNSET) -> AccessToken | None:
+    """The cached token if usable (starting a background refresh in its refresh window)."""
+    return token_store.peek(snapshot, cached=cached)
 
 
 def get_token(

@@ -21,14 +21,9 @@ from requests.adapters import HTTPAdapter
 from requests.exceptions import UnrewindableBodyError
 from requests.utils import rewind_body
 
-from . import api_rules, clock, service
+from . import api_rules, clock, hosts, service
 from .conf import getpaid_settings
-from .exceptions import (
-    ForeignHostError,
-    GetpaidAPIError,
-    GetpaidAuthConfigurationError,
-    GetpaidAuthError,
-)
+from .exceptions import GetpaidAPIError, GetpaidAuthError
 from .service import CredentialSnapshot, TenantRef
 from .tokens import AccessToken
 from .user_agent import USER_AGENT
@@ -173,10 +168,6 @@ def _rewind_body(request: requests.PreparedRequest) -> bool:
 
 # --- where a token may go ------------------------------------------------------------------
 
-_DEFAULT_PORTS = {"https": 443, "http": 80}
-# (API URL, allowed hosts) -> {(hostname, port or None for "the scheme's default")}
-_endpoints_cache: dict[tuple[str, frozenset[str]], frozenset[tuple[str, int | None]]] = {}
-
 
 def _apply(
     request: requests.PreparedRequest, snapshot: CredentialSnapshot, token: AccessToken
@@ -187,70 +178,8 @@ def _apply(
     request._getpaid_token = token  # type: ignore[attr-defined]
 
 
-def _require_allowed_host(url: str, snapshot: CredentialSnapshot) -> None:
-    refusal = _refusal(url, snapshot)
-    if refusal is not None:
-        raise ForeignHostError(refusal)
-
-
-def _endpoints(snapshot: CredentialSnapshot) -> frozenset[tuple[str, int | None]]:
-    key = (snapshot.api_url, snapshot.allowed_hosts)
-    endpoints = _endpoints_cache.get(key)
-    if endpoints is None:
-        parsed = set()
-        for entry in snapshot.allowed_hosts:
-            parts = urlsplit(f"//{entry}")
-            try:
-                port = parts.port
-            except ValueError:
-                raise GetpaidAuthConfigurationError(
-                    f"Invalid host {entry!r}: the port must be a number from 0 to 65535. Fix "
-                    'GETPAID_AUTH["ALLOWED_API_HOSTS"] or the environment\'s API_URL '
-                    f"({snapshot.api_url})."
-                ) from None
-            parsed.add(((parts.hostname or "").lower(), port))
-        endpoints = _endpoints_cache[key] = frozenset(parsed)
-    return endpoints
-
-
-def _refusal(url: str, snapshot: CredentialSnapshot) -> str | None:
-    """Why ``url`` may not receive the token, or None if it may.
-
-    A host listed without a port (in API_URL or ALLOWED_API_HOSTS) accepts only the
-    scheme's default port (443 for https, 80 for http); another port must be listed as
-    host:port.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    netloc = parts.netloc.lower()
-    if scheme != "https" and scheme != snapshot.api_scheme:
-        return (
-            f"Refusing to send a getpaid token over {scheme}:// ({netloc}): the API is "
-            f"configured as {snapshot.api_scheme}://, so use https or a relative URL."
-        )
-    endpoints = _endpoints(snapshot)  # (cached) also validates the configured hosts
-    if netloc in snapshot.allowed_hosts:
-        return None  # listed as is: the host (default port) or host:port (the warm path)
-    hostname = (parts.hostname or "").lower()
-    default_port = _DEFAULT_PORTS.get(scheme)
-    port = parts.port  # requests refuses a URL with an invalid port before auth runs
-    if port is None:
-        port = default_port
-    if (hostname, port) in endpoints or (port == default_port and (hostname, None) in endpoints):
-        return None
-    allowed = ", ".join(sorted(snapshot.allowed_hosts))
-    if any(host == hostname for host, _ in endpoints):
-        return (
-            f"Refusing to send a getpaid token to {scheme}://{netloc}: port {port} is not "
-            f"allowed (only {allowed} may receive it; a host without a port means port "
-            f"{default_port} for {scheme}). Use a relative URL, or add "
-            f'"{hostname}:{port}" to GETPAID_AUTH["ALLOWED_API_HOSTS"].'
-        )
-    return (
-        f"Refusing to send a getpaid token to {scheme}://{netloc}: only {allowed} may "
-        "receive it. Use a relative URL, or add the host to "
-        'GETPAID_AUTH["ALLOWED_API_HOSTS"].'
-    )
+_require_allowed_host = hosts.require_allowed_host
+_refusal = hosts.refusal
 
 
 def _without_frames_below(exc: BaseException) -> BaseException:

@@ -286,6 +286,37 @@ _http.mount("http://", _TokenAdapter(pool_maxsize=64))
 # --- the request --------------------------------------------------------------------------
 
 
+@sensitive_variables()
+def request_parts(
+    snapshot: CredentialSnapshot,
+) -> tuple[_Context, _Secret, _RedactedBody, tuple[str, str] | None]:
+    """What a token request sends, for either HTTP client: the error context, the secret
+    (for scrubbing), the body and, for client_secret_basic, the Basic user and password."""
+    context: _Context = {"tenant": snapshot.tenant_label, "environment": snapshot.environment}
+    secret = _Secret(snapshot.client_secret())
+    body = _RedactedBody(grant_type="client_credentials", audience=snapshot.audience)
+    if snapshot.scopes:
+        body["scope"] = " ".join(snapshot.scopes)
+    basic = None
+    if getpaid_settings.typed.client_auth_method == "client_secret_basic":
+        # RFC 6749 2.3.1: both are form-urlencoded before Basic encoding.
+        basic = (quote_plus(snapshot.client_id), _Secret(quote_plus(secret)))
+    else:
+        body["client_id"] = snapshot.client_id
+        body["client_secret"] = secret
+    return context, secret, body, basic
+
+
+def body_kind() -> str:
+    """``"data"`` (form) or ``"json"``: the keyword both HTTP clients take for the body."""
+    return "data" if getpaid_settings.typed.token_request_format == "form" else "json"
+
+
+#: Request headers of every token request. Compression would let a small answer grow
+#: past MAX_TOKEN_RESPONSE_BYTES.
+REQUEST_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
+
+
 def request_budget() -> float:
     """Upper bound in seconds of one ``request_token`` call, all attempts and waits included.
 
@@ -305,34 +336,60 @@ def request_token(snapshot: CredentialSnapshot) -> AccessToken:
     Takes at most ``request_budget()`` seconds (plus a short wait for a 429 that asks
     for at most MAX_RETRY_AFTER seconds).
     """
-    attempts = 1 + getpaid_settings.typed.token_request_retries
-    per_attempt = _deadline_seconds()
-    ends = time.monotonic() + 2 * per_attempt
-    shortest = min(1.0, per_attempt / 2)  # no point starting an attempt with less time
-    waited_for_rate_limit = False
-    for attempt in range(attempts):
+    plan = RetryPlan()
+    while True:
         try:
-            return _request_once(snapshot, min(per_attempt, ends - time.monotonic()))
-        except TokenEndpointUnavailableError as exc:
-            delay = _backoff(attempt)
-            if attempt + 1 >= attempts or ends - time.monotonic() - delay < shortest:
+            return _request_once(snapshot, plan.attempt_seconds())
+        except (TokenEndpointUnavailableError, RateLimitedError) as exc:
+            delay = plan.wait_after(exc)
+            if delay is None:
                 raise
-            logger.warning(
-                "%s; retrying in %.2fs (attempt %d/%d)", exc, delay, attempt + 2, attempts
-            )
             time.sleep(delay)
-        except RateLimitedError as exc:
-            limit = getpaid_settings.typed.max_retry_after
+
+
+class RetryPlan:
+    """When one ``request_token`` call tries again, shared by the sync and async clients.
+
+    5xx, timeouts and connection errors: jittered exponential backoff while the budget
+    (twice TOKEN_REQUEST_DEADLINE) allows another useful attempt; a 429 with a
+    Retry-After of at most MAX_RETRY_AFTER: waited once, the budget extended by it.
+    """
+
+    def __init__(self) -> None:
+        self.attempts = 1 + getpaid_settings.typed.token_request_retries
+        self.per_attempt = _deadline_seconds()
+        self.ends = time.monotonic() + 2 * self.per_attempt
+        self.shortest = min(1.0, self.per_attempt / 2)  # no use starting with less time
+        self.attempt = 0
+        self.waited_for_rate_limit = False
+
+    def attempt_seconds(self) -> float:
+        """The deadline of the next attempt."""
+        return min(self.per_attempt, self.ends - time.monotonic())
+
+    def wait_after(self, exc: TokenRequestError) -> float | None:
+        """Seconds to wait before the next attempt after ``exc``, or None: give up."""
+        attempt, self.attempt = self.attempt, self.attempt + 1
+        if attempt + 1 >= self.attempts:
+            return None
+        if isinstance(exc, RateLimitedError):
             wait = exc.retry_after
-            if waited_for_rate_limit or wait is None or not 0 <= wait <= limit:
-                raise
-            if attempt + 1 >= attempts:
-                raise
-            waited_for_rate_limit = True
+            limit = getpaid_settings.typed.max_retry_after
+            if self.waited_for_rate_limit or wait is None or not 0 <= wait <= limit:
+                return None
+            self.waited_for_rate_limit = True
             logger.warning("%s; waiting %.2fs once before retrying", exc, wait)
-            time.sleep(wait)
-            ends += wait
-    raise AssertionError("unreachable")  # pragma: no cover
+            self.ends += wait
+            return float(wait)
+        if not isinstance(exc, TokenEndpointUnavailableError):
+            return None
+        delay = _backoff(attempt)
+        if self.ends - time.monotonic() - delay < self.shortest:
+            return None
+        logger.warning(
+            "%s; retrying in %.2fs (attempt %d/%d)", exc, delay, attempt + 2, self.attempts
+        )
+        return delay
 
 
 def _backoff(attempt: int) -> float:
@@ -343,21 +400,9 @@ def _backoff(attempt: int) -> float:
 
 @sensitive_variables()
 def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
-    context: _Context = {"tenant": snapshot.tenant_label, "environment": snapshot.environment}
-    secret = _Secret(snapshot.client_secret())
-    body = _RedactedBody(grant_type="client_credentials", audience=snapshot.audience)
-    if snapshot.scopes:
-        body["scope"] = " ".join(snapshot.scopes)
-    auth = None
-    if getpaid_settings.typed.client_auth_method == "client_secret_basic":
-        # RFC 6749 2.3.1: both are form-urlencoded before Basic encoding.
-        auth = requests.auth.HTTPBasicAuth(quote_plus(snapshot.client_id), quote_plus(secret))
-    else:
-        body["client_id"] = snapshot.client_id
-        body["client_secret"] = secret
-    kwargs: dict[str, Any] = {"json": body}
-    if getpaid_settings.typed.token_request_format == "form":
-        kwargs = {"data": body}
+    context, secret, body, basic = request_parts(snapshot)
+    auth = requests.auth.HTTPBasicAuth(*basic) if basic is not None else None
+    kwargs: dict[str, Any] = {body_kind(): body}
     connect_timeout, read_timeout = getpaid_settings.typed.token_request_timeout
     bounded = max(seconds, 0.001)
     started = clock.now()
@@ -369,8 +414,7 @@ def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
                 getpaid_settings.typed.token_url,
                 auth=auth,
                 timeout=(min(connect_timeout, bounded), min(read_timeout, bounded)),
-                # Compression would let a small answer grow past MAX_TOKEN_RESPONSE_BYTES.
-                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                headers=REQUEST_HEADERS,
                 allow_redirects=False,
                 stream=True,
                 **kwargs,
@@ -388,10 +432,16 @@ def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
             )
             # Both return (never raise) their error, so no frame holding the answer's
             # text (and possibly a token) is part of the traceback.
-            if response.status_code == 200:
-                outcome = _parse_success(response, snapshot, secret, context, started, deadline)
-            else:
-                outcome = _error_for(response, snapshot, context, secret, deadline)
+            # The body is never a local here: this frame is in the error's traceback.
+            outcome = answer_outcome(
+                response.status_code,
+                response.headers,
+                _read_body(response, deadline, context, secret, strict=response.status_code == 200),
+                snapshot,
+                secret,
+                context,
+                started,
+            )
         finally:
             response.close()
     finally:
@@ -418,6 +468,74 @@ def _transport_error(
 
 
 @sensitive_variables()
+def answer_outcome(
+    status: int,
+    headers: Any,
+    body: bytes | TokenRequestError,
+    snapshot: CredentialSnapshot,
+    secret: str,
+    context: _Context,
+    started: float,
+) -> AccessToken | TokenRequestError:
+    """The token, or the error, that an answer means (``body`` as read by either client).
+
+    Returns (never raises) the error, so no frame holding the answer's text (and possibly
+    a token) is part of a traceback.
+    """
+    if status == 200:
+        if isinstance(body, TokenRequestError):
+            return body
+        return _parse_success(headers, body, snapshot, secret, context, started)
+    if isinstance(body, TokenRequestError):
+        body = b""  # classified by its status alone
+    return _error_for(status, headers, body, snapshot, context, secret)
+
+
+def body_refusal(headers: Any, secret: str) -> str | None:
+    """Why a body must not be read at all (declared too large, unknown encoding), or None."""
+    limit = getpaid_settings.typed.max_token_response_bytes
+    declared = (headers.get("Content-Length") or "").strip()
+    if declared and not _DIGITS.fullmatch(declared):
+        return "with an invalid Content-Length"
+    if declared and int(declared) > limit:
+        return too_large_reason()
+    encoding = content_encoding(headers)
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+        return f"with Content-Encoding {_scrub(encoding, secret, 20)!r}"
+    return None
+
+
+def too_large_reason() -> str:
+    limit = getpaid_settings.typed.max_token_response_bytes
+    return f"with a body larger than {limit} bytes (MAX_TOKEN_RESPONSE_BYTES)"
+
+
+def content_encoding(headers: Any) -> str:
+    return str(headers.get("Content-Encoding") or "identity").strip().lower()
+
+
+def refused_body(
+    status: int, headers: Any, reason: str, context: _Context, secret: str, *, strict: bool
+) -> bytes | TokenRequestError:
+    """A body that was not (fully) read: an error for a 200, ``b""`` for an error answer."""
+    if not strict:
+        return b""
+    return MalformedTokenResponseError(
+        f"Token endpoint answered {status} but {reason}.",
+        status=status,
+        trace_id=_header_text(headers, TRACE_HEADER, secret),
+        **context,
+    )
+
+
+def decoded_body(data: bytes, headers: Any) -> bytes | None:
+    """The raw body ``data`` decoded (at most MAX_TOKEN_RESPONSE_BYTES), None: too large."""
+    if content_encoding(headers) == "identity":
+        return data
+    return _inflate(data, getpaid_settings.typed.max_token_response_bytes)
+
+
+@sensitive_variables()
 def _read_body(
     response: requests.Response,
     deadline: _Deadline,
@@ -437,24 +555,11 @@ def _read_body(
     limit = getpaid_settings.typed.max_token_response_bytes
 
     def refused(reason: str) -> bytes | TokenRequestError:
-        if not strict:
-            return b""
-        return MalformedTokenResponseError(
-            f"Token endpoint answered {status} but {reason}.",
-            status=status,
-            trace_id=_header_text(response, TRACE_HEADER, secret),
-            **context,
-        )
+        return refused_body(status, response.headers, reason, context, secret, strict=strict)
 
-    too_large = f"with a body larger than {limit} bytes (MAX_TOKEN_RESPONSE_BYTES)"
-    declared = (response.headers.get("Content-Length") or "").strip()
-    if declared and not _DIGITS.fullmatch(declared):
-        return refused("with an invalid Content-Length")
-    if declared and int(declared) > limit:
-        return refused(too_large)
-    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
-        return refused(f"with Content-Encoding {_scrub(encoding, secret, 20)!r}")
+    refusal = body_refusal(response.headers, secret)
+    if refusal is not None:
+        return refused(refusal)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -469,17 +574,15 @@ def _read_body(
             size += len(chunk)
             if size > limit:
                 chunks.clear()
-                return refused(too_large)
+                return refused(too_large_reason())
     except _TRANSPORT_ERRORS as exc:
         chunks.clear()
         return _transport_error(exc, deadline, context, status)
     data = b"".join(chunks)
     chunks.clear()
-    if encoding == "identity":
-        return data
-    inflated = _inflate(data, limit)
+    inflated = decoded_body(data, response.headers)
     if inflated is None:
-        return refused(too_large)
+        return refused(too_large_reason())
     return inflated
 
 
@@ -515,28 +618,24 @@ def _load_json(body: bytes) -> Any:
 
 @sensitive_variables()
 def _parse_success(
-    response: requests.Response,
+    headers: Any,
+    body: bytes,
     snapshot: CredentialSnapshot,
     secret: str,
     context: _Context,
     started: float,
-    deadline: _Deadline,
 ) -> AccessToken | TokenRequestError:
-    body = _read_body(response, deadline, context, secret, strict=True)
-    if isinstance(body, TokenRequestError):
-        return body
-
     def malformed(reason: str) -> MalformedTokenResponseError:
         return MalformedTokenResponseError(
             f"Token endpoint answered 200 but {reason}.",
             status=200,
-            trace_id=_header_text(response, TRACE_HEADER, secret),
+            trace_id=_header_text(headers, TRACE_HEADER, secret),
             **context,
         )
 
     data = _load_json(body)
     if data is _NOT_JSON:
-        return malformed(f"not with JSON ({_content_type(response, secret)})")
+        return malformed(f"not with JSON ({_content_type(headers, secret)})")
     if not isinstance(data, dict):
         return malformed("the JSON is not an object")
     value = data.get("access_token")
@@ -600,13 +699,13 @@ def _granted_scopes(value: Any) -> list[str]:
     return [s for s in split_scopes(value) if _SCOPE_TOKEN.fullmatch(s)][:_MAX_SCOPES]
 
 
-def _content_type(response: requests.Response, secret: str) -> str:
-    value = response.headers.get("Content-Type") or "no content type"
+def _content_type(headers: Any, secret: str) -> str:
+    value = headers.get("Content-Type") or "no content type"
     return _scrub(value.split(";")[0], secret, 60)
 
 
-def _header_text(response: requests.Response, name: str, secret: str) -> str:
-    return _scrub(response.headers.get(name) or "", secret, MAX_HEADER_TEXT)
+def _header_text(headers: Any, name: str, secret: str) -> str:
+    return _scrub(headers.get(name) or "", secret, MAX_HEADER_TEXT)
 
 
 @sensitive_variables()
@@ -684,17 +783,14 @@ def _mask(text: str, forms: list[str]) -> str:
 
 @sensitive_variables()
 def _error_for(
-    response: requests.Response,
+    status: int,
+    headers: Any,
+    body: bytes,
     snapshot: CredentialSnapshot,
     context: _Context,
     secret: str,
-    deadline: _Deadline,
 ) -> TokenRequestError:
-    status = response.status_code
     error = description = raw_error = raw_description = ""
-    body = _read_body(response, deadline, context, secret, strict=False)
-    if isinstance(body, TokenRequestError):
-        body = b""  # classified by its status alone
     data = _load_json(body)
     if isinstance(data, dict):
         raw_error = _text(data.get("error", ""))
@@ -706,12 +802,12 @@ def _error_for(
         "status": status,
         "error": error,
         "error_description": description,
-        "trace_id": _header_text(response, TRACE_HEADER, secret),
+        "trace_id": _header_text(headers, TRACE_HEADER, secret),
     }
     # Classify on what the server said; report the scrubbed version.
     lowered = raw_description.lower()
     if status == 429:
-        retry_after, quota = rate_limit_wait(response.headers)
+        retry_after, quota = rate_limit_wait(headers)
         return RateLimitedError(
             "getpaid's token endpoint is rate limiting this client.",
             retry_after=DEFAULT_RETRY_AFTER if retry_after is None else retry_after,
@@ -719,7 +815,7 @@ def _error_for(
             **fields,
         )
     if status >= 500:
-        what = "an HTML error page" if "html" in _content_type(response, secret) else "an error"
+        what = "an HTML error page" if "html" in _content_type(headers, secret) else "an error"
         return TokenEndpointUnavailableError(
             f"Token endpoint answered {status} with {what}.", **fields
         )
@@ -743,7 +839,7 @@ def _error_for(
         return InvalidClientError("getpaid rejected the client credentials.", **fields)
     if data is _NOT_JSON:
         return TokenRequestError(
-            f"Token endpoint answered {status} with {_content_type(response, secret)}, not JSON.",
+            f"Token endpoint answered {status} with {_content_type(headers, secret)}, not JSON.",
             **fields,
         )
     return TokenRequestError(f"Token endpoint refused the request ({status}).", **fields)

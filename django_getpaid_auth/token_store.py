@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import hashlib
 import json
@@ -23,10 +24,12 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.views.decorators.debug import sensitive_variables
 
 from . import cache_backend, clock, crypto
@@ -236,6 +239,15 @@ def get(
     """A usable token for ``snapshot``. ``cached`` is the cache value if already read."""
     if force_refresh:
         return _obtain(snapshot, force=True)
+    return peek(snapshot, cached=cached) or _obtain(snapshot)
+
+
+def peek(snapshot: CredentialSnapshot, *, cached: Any = UNSET) -> AccessToken | None:
+    """The cached token if it may be handed out, else None (then a fetch is needed).
+
+    In its refresh window the token is returned and a background refresh may start: the
+    same for sync and async callers, so both share one refresh.
+    """
     entry = cached if cached is not UNSET else cache_backend.get(token_key(snapshot))
     now = clock.now()
     if is_entry(entry) and now < usable_until(entry):
@@ -244,7 +256,7 @@ def get(
             if now >= float(entry["refresh"]):
                 return _refresh_or_keep(snapshot, token)
             return token
-    return _obtain(snapshot)
+    return None
 
 
 def forget(snapshot: CredentialSnapshot, *, everywhere: bool = False) -> None:
@@ -515,17 +527,27 @@ def _fetch(snapshot: CredentialSnapshot) -> AccessToken:
     try:
         token = request_token(snapshot)
     except TokenRequestError as error:
-        _remember(snapshot, error)
-        logger.warning("getpaid token request failed: %s", error)
-        token_request_failed.send(
-            sender=CredentialSnapshot,
-            tenant=snapshot.tenant_label,
-            environment=snapshot.environment,
-            error=error,
-            duration=time.monotonic() - started,
-            credential_id=snapshot.pk,
-        )
+        _failed(snapshot, error, started)
         raise
+    return _obtained(snapshot, token, started)
+
+
+def _failed(snapshot: CredentialSnapshot, error: TokenRequestError, started: float) -> None:
+    """A token request failed: remember it (429, configuration errors), log, signal."""
+    _remember(snapshot, error)
+    logger.warning("getpaid token request failed: %s", error)
+    token_request_failed.send(
+        sender=CredentialSnapshot,
+        tenant=snapshot.tenant_label,
+        environment=snapshot.environment,
+        error=error,
+        duration=time.monotonic() - started,
+        credential_id=snapshot.pk,
+    )
+
+
+def _obtained(snapshot: CredentialSnapshot, token: AccessToken, started: float) -> AccessToken:
+    """A token request succeeded: share the token through the cache, log, signal."""
     store(snapshot, token)
     logger.info(
         "getpaid token obtained for tenant=%s environment=%s expires_at=%s fingerprint=%s",
@@ -663,15 +685,33 @@ def _lease_timeout() -> float:
     return getpaid_settings.typed.lease_timeout
 
 
-def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken:
-    """No usable token: join this process's in-flight fetch, or lead one."""
-    key = token_key(snapshot) + (":force" if force else "")
+def _flight_key(snapshot: CredentialSnapshot, force: bool) -> str:
+    return token_key(snapshot) + (":force" if force else "")
+
+
+def _join_or_lead(key: str) -> tuple[Future[AccessToken], bool]:
+    """The process's in-flight fetch for ``key`` and whether the caller leads it.
+
+    One table for threads and event loops alike: a coroutine joins a fetch a thread is
+    making and vice versa, so a process never makes two fetches for one credential.
+    """
     with _flights_lock:
         flight = _flights.get(key)
-        leader = flight is None
-        if leader:
-            flight = _flights[key] = Future()
-    assert flight is not None
+        if flight is not None:
+            return flight, False
+        flight = _flights[key] = Future()
+        return flight, True
+
+
+def _end_flight(key: str) -> None:
+    with _flights_lock:
+        _flights.pop(key, None)
+
+
+def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken:
+    """No usable token: join this process's in-flight fetch, or lead one."""
+    key = _flight_key(snapshot, force)
+    flight, leader = _join_or_lead(key)
     if not leader:
         try:
             return flight.result(timeout=getpaid_settings.typed.wait_timeout)
@@ -690,8 +730,7 @@ def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken
         flight.set_result(token)
         return token
     finally:
-        with _flights_lock:
-            _flights.pop(key, None)
+        _end_flight(key)
 
 
 def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> AccessToken:
@@ -732,3 +771,131 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
         time.sleep(interval)
         interval = min(POLL_INTERVAL_MAX, interval * 1.5)
         entry = cache_backend.get(token_key(snapshot))
+
+
+# --- the same, for coroutines ------------------------------------------------------------
+# Cache I/O runs in worker threads (never on the event loop); the token request itself is
+# httpx's async one. Flights, the lease, failure memory and background refreshes are the
+# ones above: a sync and an async caller of one credential never fetch twice.
+
+_T = TypeVar("_T")
+# Leader tasks, kept referenced until done: nothing else holds a task whose caller left.
+_leader_tasks: set[asyncio.Task[AccessToken]] = set()
+
+
+async def offload(function: Callable[..., _T], *args: Any) -> _T:
+    """``function(*args)`` in a worker thread: cache I/O must not block the event loop.
+
+    ``thread_sensitive=False``: the cache clients are thread-safe and no database
+    connection is involved, so calls need not queue for Django's one sync thread.
+    """
+    return await sync_to_async(function, thread_sensitive=False)(*args)
+
+
+async def aobtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken:
+    """``_obtain`` for coroutines: join this process's in-flight fetch, or lead one.
+
+    The leader's work runs in its own task, so a caller cancelled while waiting (the
+    leader included) never cancels the fetch the others wait for; the task releases the
+    lease whatever happens. Waiting is bounded by WAIT_TIMEOUT, as for threads.
+    """
+    key = _flight_key(snapshot, force)
+    flight, leader = _join_or_lead(key)
+    if leader:
+        task = asyncio.ensure_future(_alead(snapshot, force, flight, key))
+        _leader_tasks.add(task)
+        task.add_done_callback(_leader_done)
+    # shield: cancelling a caller must not cancel the shared concurrent future.
+    wrapped = asyncio.wrap_future(flight)
+    wrapped.add_done_callback(_retrieve)  # a caller that left does not read it
+    waiting = asyncio.shield(wrapped)
+    if leader:
+        return await waiting
+    try:
+        return await asyncio.wait_for(waiting, getpaid_settings.typed.wait_timeout)
+    except asyncio.TimeoutError:
+        raise TokenWaitTimeoutError(
+            "Timed out waiting for another caller's token request.",
+            tenant=snapshot.tenant_label,
+            environment=snapshot.environment,
+        ) from None
+
+
+def _retrieve(future: asyncio.Future[AccessToken]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _leader_done(task: asyncio.Task[AccessToken]) -> None:
+    _leader_tasks.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: the waiters got it through the flight
+
+
+async def _alead(
+    snapshot: CredentialSnapshot, force: bool, flight: Future[AccessToken], key: str
+) -> AccessToken:
+    try:
+        token = await _aobtain_across_processes(snapshot, force=force)
+    except BaseException as exc:
+        flight.set_exception(exc)
+        raise
+    else:
+        flight.set_result(token)
+        return token
+    finally:
+        _end_flight(key)
+
+
+async def _aobtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> AccessToken:
+    """``_obtain_across_processes`` with cache I/O offloaded and ``asyncio.sleep`` polling."""
+    failure = await offload(remembered_failure, snapshot)
+    if failure is not None:
+        raise failure
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + getpaid_settings.typed.wait_timeout
+    interval = POLL_INTERVAL
+    entry = await offload(cache_backend.get, token_key(snapshot))
+    replaced = token_of(snapshot, entry) if force else None
+    if force and replaced is None:
+        entry = None  # nothing cached to replace: only a token fetched from now on will do
+    while True:
+        token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
+        if token is not None:
+            return token
+        if await offload(cache_backend.add, lease_key(snapshot), owner, _lease_timeout()):
+            try:
+                entry = await offload(cache_backend.get, token_key(snapshot))
+                token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
+                if token is not None:
+                    return token
+                return await _afetch(snapshot)
+            finally:
+                # shielded: even a task cancelled at loop shutdown leaves no lease behind
+                await asyncio.shield(offload(_release, snapshot, owner))
+        failure = await offload(remembered_failure, snapshot)
+        if failure is not None:
+            raise failure
+        if time.monotonic() >= deadline:
+            raise TokenWaitTimeoutError(
+                "Timed out waiting for another process's token request "
+                f"(lease held longer than WAIT_TIMEOUT={getpaid_settings.typed.wait_timeout:g}s).",
+                tenant=snapshot.tenant_label,
+                environment=snapshot.environment,
+            )
+        await asyncio.sleep(interval)
+        interval = min(POLL_INTERVAL_MAX, interval * 1.5)
+        entry = await offload(cache_backend.get, token_key(snapshot))
+
+
+async def _afetch(snapshot: CredentialSnapshot) -> AccessToken:
+    """``_fetch`` with httpx's async request; storing and signals run in a thread."""
+    from .atoken_client import arequest_token
+
+    started = time.monotonic()
+    try:
+        token = await arequest_token(snapshot)
+    except TokenRequestError as error:
+        await offload(_failed, snapshot, error, started)
+        raise
+    return await offload(_obtained, snapshot, token, started)

@@ -1,0 +1,137 @@
+"""The service layer for coroutines: ``aget_token`` and ``ainvalidate_token``.
+
+Same contract, errors and failure memory as ``service.get_token``/``invalidate_token``,
+and the same state: the process memo, the shared cache entries, the cache lease and the
+background refresh are the sync path's, so a sync and an async caller of one credential
+share one token and never fetch twice.
+
+Nothing here blocks the event loop:
+
+* warm path: the process memo, read in the loop (no SQL, no cache round trip, no thread);
+* cache I/O: worker threads (``sync_to_async(thread_sensitive=False)``);
+* the credential lookup (the ORM): ``sync_to_async(thread_sensitive=True)``, as Django's
+  own async ORM calls do, so connections are handled by Django's rules;
+* the token request: httpx's async transport (``atoken_client``).
+
+httpx is an optional extra; without it these functions raise
+``GetpaidAuthConfigurationError`` naming the extra, and the sync API is unaffected.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+
+from . import credentials, service, token_store
+from .credentials import CredentialSnapshot, TenantRef
+from .exceptions import GetpaidAuthConfigurationError
+from .tokens import AccessToken
+
+__all__ = [
+    "HTTPX_EXTRA",
+    "acurrent_token",
+    "aforget_if_current",
+    "aget_token",
+    "ainvalidate_token",
+    "amay_refetch_after_401",
+    "areplacement_accepted",
+    "areplacement_rejected",
+    "credential_for",
+    "require_httpx",
+]
+
+try:  # imported with this module, not on the event loop at the first cold call
+    from . import atoken_client as atoken_client
+except ImportError as exc:  # the httpx extra is not installed: require_httpx() says so
+    if exc.name != "httpx":
+        raise
+
+HTTPX_EXTRA = 'pip install "django-getpaid-auth[httpx]"'
+_httpx_checked: list[bool] = []
+
+
+def require_httpx() -> None:
+    """Raise ``GetpaidAuthConfigurationError`` naming the extra when httpx is missing."""
+    if _httpx_checked:
+        return
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        raise GetpaidAuthConfigurationError(
+            f"The async API (aget_token, aget_session, GetpaidAuth) needs httpx: {HTTPX_EXTRA}."
+        ) from None
+    _httpx_checked.append(True)
+
+
+async def acurrent_token(
+    tenant: TenantRef | None, environment: str | None, *, force_refresh: bool = False
+) -> tuple[CredentialSnapshot, AccessToken]:
+    """``service.current_token`` for coroutines: the same memo, cache entries and flights."""
+    require_httpx()
+    tenant = service.tenant_or_current(tenant)
+    key = credentials.lookup_key(tenant, environment)
+    if not force_refresh:
+        memo = service.memo_hit(key)
+        if memo is not None:
+            return memo  # the warm path: never leaves the loop
+    snapshot, cached = await token_store.offload(service.read_cached, tenant, environment)
+    if snapshot is None:
+        snapshot = await sync_to_async(service.resolve, thread_sensitive=True)(
+            tenant, environment, cached
+        )
+        cached = token_store.UNSET
+    token = None
+    if not force_refresh:
+        token = await token_store.offload(service.peek, snapshot, cached)
+    if token is None:
+        token = await token_store.aobtain(snapshot, force=force_refresh)
+    service.remember(key, snapshot, token)
+    return snapshot, token
+
+
+async def aget_token(
+    tenant: TenantRef | None = None, environment: str | None = None, *, force_refresh: bool = False
+) -> AccessToken:
+    """A valid access token for the tenant's credential; ``await`` it in async code.
+
+    The same arguments, errors and failure memory as ``get_token``, and the same token:
+    sync and async callers share the cache entry, lease and background refresh. Warm
+    calls neither run SQL nor leave the event loop; 500 concurrent coroutines on a cold
+    cache make one token request. A caller cancelled while waiting does not cancel the
+    request the others wait for.
+    """
+    return (await acurrent_token(tenant, environment, force_refresh=force_refresh))[1]
+
+
+async def ainvalidate_token(
+    tenant: TenantRef | None = None, environment: str | None = None
+) -> None:
+    """Drop the tenant's cached token; the next call requests a new one (``invalidate_token``)."""
+    require_httpx()
+    tenant = service.tenant_or_current(tenant)
+    await sync_to_async(service.invalidate_token, thread_sensitive=True)(tenant, environment)
+
+
+async def credential_for(tenant: TenantRef, environment: str | None) -> CredentialSnapshot:
+    """The tenant's credential snapshot (no token request): what ``aget_session`` needs."""
+    snapshot = credentials.cached_snapshot(tenant, environment)  # no I/O
+    if snapshot is not None:
+        return snapshot
+    return await sync_to_async(service.credential_for, thread_sensitive=True)(tenant, environment)
+
+
+async def aforget_if_current(snapshot: CredentialSnapshot, token: AccessToken) -> bool:
+    """``service.forget_if_current`` (after a 401) with its cache I/O off the loop."""
+    return await token_store.offload(service.forget_if_current, snapshot, token)
+
+
+async def amay_refetch_after_401(snapshot: CredentialSnapshot, rejected: AccessToken) -> bool:
+    """``service.may_refetch_after_401`` with its cache I/O off the loop."""
+    return await token_store.offload(service.may_refetch_after_401, snapshot, rejected)
+
+
+async def areplacement_accepted(snapshot: CredentialSnapshot) -> None:
+    await token_store.offload(service.replacement_accepted, snapshot)
+
+
+async def areplacement_rejected(snapshot: CredentialSnapshot, token: AccessToken) -> None:
+    await token_store.offload(service.replacement_rejected, snapshot, token)

@@ -1,0 +1,323 @@
+"""token -> request, for coroutines: ``aget_session``, ``GetpaidAsyncClient``, ``GetpaidAuth``.
+
+The httpx counterpart of ``session``: the same host rules (``hosts``), the same
+idempotency keys, retries and typed errors (``api_rules``), the same tokens (``aservice``
+shares them with the sync path). Needs the ``httpx`` extra.
+
+Connection pools are per event loop (httpx connections belong to the loop that opened
+them): every client of a loop sends through that loop's one transport, so a client made
+per view call reuses warm connections, and closing a client (or leaving its
+``async with``) never closes the pool. A client that is never closed holds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import weakref
+from collections.abc import AsyncGenerator, Generator
+from typing import Any
+
+import httpx
+from django.views.decorators.debug import sensitive_variables
+
+from . import api_rules, aservice, clock, hosts, service
+from .conf import getpaid_settings
+from .exceptions import GetpaidAPIError
+from .service import CredentialSnapshot, TenantRef
+from .tokens import AccessToken
+from .user_agent import USER_AGENT
+
+__all__ = ["GetpaidAsyncClient", "GetpaidAuth", "aget_session"]
+
+api_logger = logging.getLogger("django_getpaid_auth.api")
+
+
+class GetpaidAuth(httpx.Auth):
+    """The tenant's bearer token for any ``httpx.Client`` or ``httpx.AsyncClient``::
+
+        async with httpx.AsyncClient(auth=GetpaidAuth("acme")) as client: ...
+
+    The sync flow uses the sync service (``get_token``'s), the async flow the async one
+    (``aget_token``'s): the same token either way. The token goes only to URLs the
+    credential's API may receive (``ForeignHostError`` otherwise). On a 401 the token is
+    dropped if still current and the request resent once with a new one (httpx buffers
+    the body for that: ``requires_request_body``), under the same refetch pause as
+    ``GetpaidBearerAuth``. Relative URLs, timeouts, keys, retries and typed errors are
+    ``GetpaidAsyncClient``'s, not the auth's.
+    """
+
+    requires_request_body = True
+
+    def __init__(self, tenant: TenantRef, environment: str | None = None) -> None:
+        aservice.require_httpx()
+        self.tenant = tenant
+        self.environment = environment
+
+    def __repr__(self) -> str:
+        return f"<GetpaidAuth tenant={self.tenant!r} environment={self.environment!r}>"
+
+    @sensitive_variables()
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        snapshot, token = service.current_token(self.tenant, self.environment)
+        _apply(request, snapshot, token)
+        response = yield request
+        if response.status_code != 401 or not service.may_refetch_after_401(snapshot, token):
+            return
+        service.forget_if_current(snapshot, token)
+        snapshot, token = service.current_token(self.tenant, self.environment)
+        _apply(request, snapshot, token)
+        response = yield request
+        if response.status_code == 401:
+            service.replacement_rejected(snapshot, token)
+        else:
+            service.replacement_accepted(snapshot)
+
+    @sensitive_variables()
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        snapshot, token = await aservice.acurrent_token(self.tenant, self.environment)
+        _apply(request, snapshot, token)
+        response = yield request
+        if response.status_code != 401 or not await aservice.amay_refetch_after_401(
+            snapshot, token
+        ):
+            return
+        await aservice.aforget_if_current(snapshot, token)
+        snapshot, token = await aservice.acurrent_token(self.tenant, self.environment)
+        _apply(request, snapshot, token)
+        request.extensions = {**request.extensions, "getpaid_retried_401": True}
+        response = yield request
+        if response.status_code == 401:
+            await aservice.areplacement_rejected(snapshot, token)
+        else:
+            await aservice.areplacement_accepted(snapshot)
+
+
+def _apply(request: httpx.Request, snapshot: CredentialSnapshot, token: AccessToken) -> None:
+    hosts.require_allowed_host(str(request.url), snapshot)
+    request.headers["Authorization"] = token.authorization
+
+
+# --- one pool per event loop ---------------------------------------------------------------
+
+
+class _LoopTransport(httpx.AsyncBaseTransport):
+    """A client's view of its loop's shared transport: closing it leaves the pool open."""
+
+    def __init__(self, shared: httpx.AsyncHTTPTransport) -> None:
+        self._shared = shared
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._shared.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """The pool is the loop's, shared by every client: never closed by one of them."""
+
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport] = (
+    weakref.WeakKeyDictionary()
+)
+_ssl: list[Any] = []
+
+
+def _loop_transport() -> _LoopTransport:
+    loop = asyncio.get_running_loop()
+    shared = _pools.get(loop)
+    if shared is None:
+        if not _ssl:  # one SSL context per process (loading CA certificates takes ms)
+            _ssl.append(httpx.create_ssl_context())
+        shared = _pools[loop] = httpx.AsyncHTTPTransport(
+            verify=_ssl[0], limits=httpx.Limits(max_connections=100, max_keepalive_connections=64)
+        )
+    return _LoopTransport(shared)
+
+
+def _timeout() -> httpx.Timeout:
+    """API_TIMEOUT (connect, read) as httpx's; writes and pool waits get the read one."""
+    connect, read = getpaid_settings.typed.api_timeout
+    return httpx.Timeout(read, connect=connect)
+
+
+class GetpaidAsyncClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` authenticated for one tenant's getpaid environment.
+
+    Everything ``GetpaidSession`` does, the same way: relative URLs against the API URL,
+    the default ``API_TIMEOUT``, the package User-Agent, ``ForeignHostError`` for other
+    hosts, ports or a downgraded scheme, the 401 retry (``GetpaidAuth``), an idempotency
+    key on every POST, retries from ``api_rules`` (``API_RETRIES``, backoff, Retry-After)
+    with ``getpaid_attempts`` and ``getpaid_failed_trace_ids`` on the response, and with
+    ``raise_errors=True`` the same ``GetpaidAPIError`` classes. Transport errors are
+    httpx's own. Use it with or without ``async with``.
+    """
+
+    def __init__(
+        self,
+        snapshot: CredentialSnapshot,
+        tenant: TenantRef,
+        environment: str | None,
+        *,
+        raise_errors: bool = False,
+    ) -> None:
+        super().__init__(
+            base_url=snapshot.api_url,
+            timeout=_timeout(),
+            headers={"User-Agent": USER_AGENT},
+            auth=GetpaidAuth(tenant, environment),
+            transport=_loop_transport(),
+        )
+        self.tenant = tenant
+        self.environment = snapshot.environment
+        self.api_url = snapshot.api_url
+        self.raise_errors = raise_errors
+
+    def __repr__(self) -> str:
+        return f"<GetpaidAsyncClient tenant={self.tenant!r} environment={self.environment!r}>"
+
+    @sensitive_variables()
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        """Send with the idempotency key, retries and errors described above."""
+        started = time.monotonic()
+        method = request.method.upper()
+        has_key = api_rules.ensure_idempotency_key(method, request.headers) is not None
+        typed = getpaid_settings.typed
+        attempts = 0
+        failed: list[str] = []
+        while True:
+            attempts += 1
+            rules: dict[str, Any] = {
+                "has_key": has_key,
+                "retry": attempts - 1,
+                "retries": typed.api_retries,
+                "now": clock.now(),
+                "backoff": typed.retry_backoff,
+                "backoff_max": typed.retry_backoff_max,
+                "max_retry_after": typed.max_retry_after,
+                "jitter": random.random(),  # noqa: S311  (jitter, not a secret)
+            }
+            try:
+                response = await super().send(request, **kwargs)
+            except httpx.HTTPError as exc:
+                delay = api_rules.retry_delay(method, exc=exc, **rules)
+                if delay is None or not _replayable(request):
+                    exc.getpaid_attempts = attempts  # type: ignore[attr-defined]
+                    exc.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
+                    _log(method, request, type(exc).__name__, None, attempts, started)
+                    raise
+            else:
+                delay = api_rules.retry_delay(
+                    method, status=response.status_code, headers=response.headers, **rules
+                )
+                failed.extend(
+                    trace
+                    for earlier in response.history
+                    if earlier.status_code >= 400
+                    and (trace := api_rules.trace_id(earlier.headers)) is not None
+                )
+                if delay is None or not _replayable(request):
+                    break
+                trace = api_rules.trace_id(response.headers)
+                if trace is not None:
+                    failed.append(trace)
+                await response.aclose()
+            await asyncio.sleep(delay)
+        response.getpaid_attempts = attempts  # type: ignore[attr-defined]
+        response.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
+        trace = api_rules.trace_id(response.headers)
+        _log(method, request, str(response.status_code), trace, attempts, started)
+        if self.raise_errors and response.status_code >= 400:
+            error = await aapi_error(response)
+            if error is not None:
+                raise error
+        return response
+
+
+def _replayable(request: httpx.Request) -> bool:
+    """The body can be sent again (bytes, or a stream already read into memory)."""
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def _log(
+    method: str,
+    request: httpx.Request,
+    outcome: str,
+    trace: str | None,
+    attempts: int,
+    started: float,
+) -> None:
+    if api_logger.isEnabledFor(logging.DEBUG):
+        api_logger.debug(
+            "getpaid API %s %s -> %s (trace id %s, %d attempt%s, %.0f ms)",
+            method,
+            api_rules.url_path(str(request.url)),
+            outcome,
+            trace or "-",
+            attempts,
+            "" if attempts == 1 else "s",
+            (time.monotonic() - started) * 1000,
+        )
+
+
+async def aapi_error(response: httpx.Response) -> GetpaidAPIError | None:
+    """The typed error for an httpx answer (``session.api_error``'s rules), None below 400.
+
+    At most MAX_PROBLEM_BYTES (+1) of a streamed body are read to parse the problem.
+    """
+    if response.status_code < 400:
+        return None
+    body: bytes | None
+    try:
+        body = response.content
+    except httpx.ResponseNotRead:
+        limit = api_rules.MAX_PROBLEM_BYTES
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+        except httpx.HTTPError:
+            chunks = []
+        await response.aclose()
+        body = b"".join(chunks) if chunks else None
+    request = response.request
+    sent = [
+        auth.partition(" ")[2].strip()
+        for r in (*response.history, response)
+        if (auth := r.request.headers.get("Authorization"))
+    ]
+    return api_rules.build_error(
+        status=response.status_code,
+        headers=response.headers,
+        body=body,
+        method=request.method,
+        url=str(request.url),
+        request_headers=request.headers,
+        attempts=getattr(response, "getpaid_attempts", 1),
+        failed_trace_ids=getattr(response, "getpaid_failed_trace_ids", ()),
+        response=response,
+        secrets=sent,
+        now=clock.now(),
+    )
+
+
+async def aget_session(
+    tenant: TenantRef | None = None,
+    environment: str | None = None,
+    *,
+    raise_errors: bool = False,
+) -> GetpaidAsyncClient:
+    """A ``GetpaidAsyncClient`` for ``tenant`` in ``environment`` (``get_session``'s args).
+
+    Resolves the credential now (no token request: the token is got on the first
+    request). Warm calls run no SQL and never leave the event loop.
+    """
+    aservice.require_httpx()
+    tenant = service.tenant_or_current(tenant)
+    snapshot = await aservice.credential_for(tenant, environment)
+    return GetpaidAsyncClient(snapshot, tenant, environment, raise_errors=raise_errors)
