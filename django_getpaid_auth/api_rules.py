@@ -25,6 +25,7 @@ import http
 import http.client
 import json
 import re
+import ssl
 import sys
 import uuid
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -153,7 +154,20 @@ def is_transport_failure(exc: BaseException) -> bool:
     """
     if isinstance(exc, _TRANSPORT_FAILURES):
         return not isinstance(exc, _NOT_TRANSPORT_FAILURES)
-    return isinstance(exc, _httpx_transport_failures())
+    return isinstance(exc, _httpx_transport_failures()) and not _caused_by_tls(exc)
+
+
+def _caused_by_tls(exc: BaseException) -> bool:
+    """httpx reports a failed TLS handshake as ConnectError: find the ssl.SSLError behind
+    it, so the async client, like the sync one, does not retry TLS errors."""
+    seen: BaseException | None = exc
+    for _ in range(6):  # the chain is short: httpx -> httpcore -> ssl
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _httpx_transport_failures() -> tuple[type[BaseException], ...]:

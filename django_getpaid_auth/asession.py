@@ -35,6 +35,11 @@ __all__ = ["GetpaidAsyncClient", "GetpaidAuth", "aget_session"]
 api_logger = logging.getLogger("django_getpaid_auth.api")
 
 
+# Set on a request once its 401 retry was made: API retries resend the same request object,
+# so a call never makes a second 401 retry (the sync session's rule).
+_RETRIED_401 = "getpaid_retried_401"
+
+
 class GetpaidAuth(httpx.Auth):
     """The tenant's bearer token for any ``httpx.Client`` or ``httpx.AsyncClient``::
 
@@ -64,11 +69,16 @@ class GetpaidAuth(httpx.Auth):
         snapshot, token = service.current_token(self.tenant, self.environment)
         _apply(request, snapshot, token)
         response = yield request
-        if response.status_code != 401 or not service.may_refetch_after_401(snapshot, token):
+        if (
+            response.status_code != 401
+            or request.extensions.get(_RETRIED_401)  # one 401 retry per call, as on sync
+            or not service.may_refetch_after_401(snapshot, token)
+        ):
             return
         service.forget_if_current(snapshot, token)
         snapshot, token = service.current_token(self.tenant, self.environment)
         _apply(request, snapshot, token)
+        request.extensions = {**request.extensions, _RETRIED_401: True}
         response = yield request
         if response.status_code == 401:
             service.replacement_rejected(snapshot, token)
@@ -82,14 +92,16 @@ class GetpaidAuth(httpx.Auth):
         snapshot, token = await aservice.acurrent_token(self.tenant, self.environment)
         _apply(request, snapshot, token)
         response = yield request
-        if response.status_code != 401 or not await aservice.amay_refetch_after_401(
-            snapshot, token
+        if (
+            response.status_code != 401
+            or request.extensions.get(_RETRIED_401)  # one 401 retry per call (API retries too)
+            or not await aservice.amay_refetch_after_401(snapshot, token)
         ):
             return
         await aservice.aforget_if_current(snapshot, token)
         snapshot, token = await aservice.acurrent_token(self.tenant, self.environment)
         _apply(request, snapshot, token)
-        request.extensions = {**request.extensions, "getpaid_retried_401": True}
+        request.extensions = {**request.extensions, _RETRIED_401: True}
         response = yield request
         if response.status_code == 401:
             await aservice.areplacement_rejected(snapshot, token)

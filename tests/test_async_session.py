@@ -228,3 +228,48 @@ def test_cache_down_calls_keep_working(tenant, fake_getpaid_settings, monkeypatc
     assert run(main()) == [200] * 5
     assert fake_getpaid_settings.token_request_count("asess-client") == 1  # per-process fallback
     assert "fetching getpaid tokens per process" in all_logs.text
+
+
+@pytest.mark.parametrize("flow", ["sync", "async"])
+def test_one_401_retry_per_call_even_across_api_retries(tenant, fake_getpaid_settings, flow):
+    """An API retry resends the same request: once its 401 retry was made, a later 401 in
+    the same call is returned, not retried with yet another token (the sync rule)."""
+    from django_getpaid_auth.asession import _RETRIED_401
+
+    auth = GetpaidAuth(tenant)
+    api = fake_getpaid_settings.api_url("sandbox")
+    request = httpx.Request("GET", f"{api}/v2/payments/pay_1")
+
+    def drive_sync() -> int:
+        steps = auth.sync_auth_flow(request)
+        sent = next(steps)
+        sent.extensions = {**sent.extensions, _RETRIED_401: True}  # an earlier attempt did
+        with pytest.raises(StopIteration):
+            steps.send(httpx.Response(401, request=sent))
+        return 1
+
+    async def drive_async() -> int:
+        steps = auth.async_auth_flow(request)
+        sent = await steps.__anext__()
+        sent.extensions = {**sent.extensions, _RETRIED_401: True}
+        with pytest.raises(StopAsyncIteration):
+            await steps.asend(httpx.Response(401, request=sent))
+        return 1
+
+    drive_sync() if flow == "sync" else run(drive_async())
+    assert fake_getpaid_settings.token_request_count("asess-client") == 1
+
+
+def test_tls_failures_are_not_retried_like_on_the_sync_path():
+    import ssl
+
+    from django_getpaid_auth import api_rules
+
+    try:
+        try:
+            raise ssl.SSLError("handshake failed")
+        except ssl.SSLError as tls:
+            raise httpx.ConnectError("TLS handshake failed") from tls
+    except httpx.ConnectError as exc:
+        assert not api_rules.is_transport_failure(exc)
+    assert api_rules.is_transport_failure(httpx.ConnectError("connection refused"))
