@@ -5,9 +5,10 @@
     python3 example_project/run_demo.py --check-only # set up, check, exit 0/non-zero
 
 Why a standard-library script: a fresh checkout has no Django, so this creates a
-virtualenv (``<repo>/.venv-demo``), installs the package with its ``example`` extra
-into it once, and then runs ``manage.py demo`` there with the given arguments. The
-install is skipped while pyproject.toml is unchanged, so later runs start at once.
+virtualenv (``<repo>/.venv-demo``), installs the package with its ``example`` and
+``httpx`` extras (the payments page is an async view) into it once, and then runs
+``manage.py demo`` there with the given arguments. The install is skipped while
+pyproject.toml is unchanged, so later runs start at once.
 The exit status is the demo command's.
 """
 
@@ -28,6 +29,8 @@ VENV = REPO / ".venv-demo"
 MANAGE = REPO / "example_project" / "manage.py"
 STAMP = VENV / "django-getpaid-auth-demo.stamp"
 MIN_PIP = (21, 3)  # editable installs of pyproject-only projects (PEP 660)
+#: The example's dependencies, and httpx for the async payments page (aget_session).
+EXTRAS = "example,httpx"
 
 
 def log(message: str) -> None:
@@ -42,9 +45,9 @@ def venv_python() -> Path:
 
 
 def wanted_stamp() -> str:
-    """Changes whenever the dependencies or version in pyproject.toml change."""
+    """Changes whenever the dependencies or version in pyproject.toml, or EXTRAS, change."""
     digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
-    return f"{digest} {REPO}\n"
+    return f"{digest} {REPO} [{EXTRAS}]\n"
 
 
 def run(command: list[str]) -> None:
@@ -79,8 +82,8 @@ def ensure_venv() -> Path:
     if pip_version(python) < MIN_PIP:
         log("upgrading pip")
         run([*pip, "install", "-q", "--upgrade", "pip"])
-    log(f'installing "{REPO}[example]" (editable) into {VENV}')
-    run([*pip, "install", "-q", "-e", f"{REPO}[example]"])
+    log(f'installing "{REPO}[{EXTRAS}]" (editable) into {VENV}')
+    run([*pip, "install", "-q", "-e", f"{REPO}[{EXTRAS}]"])
     STAMP.write_text(stamp, encoding="utf-8")
     return python
 

@@ -2,10 +2,16 @@
 
 The view never handles a secret or a token: it names the tenant, and the package finds
 the credential, fetches (or reuses) the token and authenticates the request. Nor does
-it handle idempotency keys, retries or problem documents: the session gives the POST
+it handle idempotency keys, retries or problem documents: the client gives the POST
 its ``Getpaid-Idempotency-Key``, retries what is safe to retry and, with
 ``raise_errors=True``, raises a typed ``GetpaidAPIError`` (status, problem, trace id)
 for a 4xx/5xx answer.
+
+``payments`` is an async view (``aget_token``, ``aget_session``: an ``httpx.AsyncClient``);
+under ASGI (``uvicorn demo_site.asgi:application``) it never ties up a thread while
+getpaid answers. ``create_payment`` is an ordinary sync view (``get_session``: a
+``requests.Session``). Both use the same cached token: sync and async callers of one
+credential share it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import requests
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -23,7 +30,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from django_getpaid_auth import get_session, get_token
+from django_getpaid_auth import aget_session, aget_token, get_session
 from django_getpaid_auth.exceptions import GetpaidAPIError, GetpaidAuthError
 
 from .models import Membership
@@ -65,17 +72,21 @@ def _rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @login_required
-def payments(request: HttpRequest) -> HttpResponse:
+async def payments(request: HttpRequest) -> HttpResponse:
     """List the signed-in user's tenant payments, and when its getpaid token expires."""
     context: dict[str, Any] = {"tenant": None, "token": None, "payments": [], "error": ""}
+    # Async views load the user and the membership with Django's async APIs; the loaded
+    # user goes back on the request so the template (auth context processor) runs no SQL.
+    user = request.user = await request.auser()
     try:
-        tenant = request.user.membership.tenant  # type: ignore[union-attr]
+        membership = await Membership.objects.select_related("tenant").aget(user=user)
     except Membership.DoesNotExist:
         context["error"] = (
-            f"User {request.user.get_username()!r} belongs to no tenant. Add a Membership "
+            f"User {user.get_username()!r} belongs to no tenant. Add a Membership "
             "in the admin (Demo shop › Memberships), or sign in as a demo user."
         )
         return render(request, "shop/payments.html", context)
+    tenant = membership.tenant
     context["tenant"] = tenant
     # Identifies the "create a test payment" form shown now: submitting it twice (a double
     # click, the browser's resubmit) is the same operation, hence the same key.
@@ -83,18 +94,19 @@ def payments(request: HttpRequest) -> HttpResponse:
 
     try:
         # Only the expiry, scopes and fingerprint reach the template, never the token
-        # itself. The session below reuses this cached token (no second fetch).
-        token = get_token(tenant)
+        # itself. The client below reuses this cached token (no second fetch).
+        token = await aget_token(tenant)
         context["token"] = {
             "expires_at": token.expires_at,
             "scopes": sorted(token.scopes),
             "fingerprint": token.fingerprint,
         }
-        session = get_session(tenant, raise_errors=True)
-        context["environment"] = session.environment
-        context["api_url"] = session.api_url
-        # No Getpaid-Idempotency-Key: the session adds one (and keeps it on retries).
-        response = session.post(
+        # One client per call is cheap: clients of an event loop share its connections.
+        client = await aget_session(tenant, raise_errors=True)
+        context["environment"] = client.environment
+        context["api_url"] = client.api_url
+        # No Getpaid-Idempotency-Key: the client adds one (and keeps it on retries).
+        response = await client.post(
             "/v2/payments/query",
             json={
                 "type": "payments",
@@ -115,7 +127,7 @@ def payments(request: HttpRequest) -> HttpResponse:
         logger.warning("getpaid request for tenant %s failed: %s", tenant, exc)
         context["error"] = str(exc)
         return render(request, "shop/payments.html", context, status=502)
-    except requests.RequestException as exc:
+    except httpx.HTTPError as exc:  # transport errors are httpx's own
         logger.warning("getpaid API unreachable for tenant %s: %s", tenant, exc)
         context["error"] = f"The getpaid API could not be reached ({type(exc).__name__})."
         return render(request, "shop/payments.html", context, status=502)

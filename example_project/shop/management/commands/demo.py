@@ -18,6 +18,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.signals import setting_changed
 from django.db import transaction
+from django.test import Client
+from django.urls import reverse
 
 from django_getpaid_auth.models import ClientCredential, Environment, Tenant
 from django_getpaid_auth.testing.fake_getpaid import FakeGetpaid
@@ -59,7 +61,8 @@ class Command(BaseCommand):
     help = (
         "Set up the demo from scratch (migrate, admin, two tenants with sandbox credentials, "
         "one user each), start a fake getpaid on 127.0.0.1 in this process, run "
-        "getpaid_check against it, then serve the project (or exit, with --check-only)."
+        "getpaid_check against it, open each demo user's payments page (the async view), "
+        "then serve the project (or exit, with --check-only)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -82,18 +85,21 @@ class Command(BaseCommand):
         self, *args: Any, check_only: bool, port: int, fake_port: int, **options: Any
     ) -> None:
         verbosity = int(options.get("verbosity", 1))
-        self.stdout.write(self.style.MIGRATE_HEADING("1/4 Database"))
+        self.stdout.write(self.style.MIGRATE_HEADING("1/5 Database"))
         call_command("migrate", interactive=False, verbosity=max(verbosity - 1, 0))
         self.stdout.write(f"  migrated {settings.DATABASES['default']['NAME']}")
 
-        self.stdout.write(self.style.MIGRATE_HEADING("2/4 Users, tenants and credentials"))
+        self.stdout.write(self.style.MIGRATE_HEADING("2/5 Users, tenants and credentials"))
         secrets_by_client = self._set_up_data()
 
-        self.stdout.write(self.style.MIGRATE_HEADING("3/4 Fake getpaid"))
+        self.stdout.write(self.style.MIGRATE_HEADING("3/5 Fake getpaid"))
         fake = self._start_fake(fake_port, secrets_by_client)
 
-        self.stdout.write(self.style.MIGRATE_HEADING("4/4 getpaid_check"))
+        self.stdout.write(self.style.MIGRATE_HEADING("4/5 getpaid_check"))
         check_failed = self._run_check()
+
+        self.stdout.write(self.style.MIGRATE_HEADING("5/5 Payments pages"))
+        page_failed = self._check_pages() if check_failed is None else None
 
         if check_only:
             fake.stop()
@@ -102,10 +108,12 @@ class Command(BaseCommand):
                     f"Demo check failed (getpaid_check exit code {check_failed.returncode}).",
                     returncode=check_failed.returncode,
                 )
+            if page_failed is not None:
+                raise CommandError(f"Demo check failed ({page_failed}).", returncode=1)
             self.stdout.write(self.style.SUCCESS("Demo check passed."))
             return
 
-        if check_failed is not None:
+        if check_failed is not None or page_failed is not None:
             self.stderr.write(
                 self.style.WARNING(
                     "Serving anyway: the payments page will show the error for each tenant."
@@ -186,6 +194,21 @@ class Command(BaseCommand):
         except CommandError as exc:
             self.stderr.write(self.style.ERROR(f"getpaid_check failed: {exc}"))
             return exc
+        return None
+
+    def _check_pages(self) -> str | None:
+        """Open each demo user's payments page (an async view) in this process."""
+        user_model = get_user_model()
+        for demo in DEMO_TENANTS:
+            client = Client(HTTP_HOST=HOST)
+            client.force_login(user_model.objects.get(username=demo.username))
+            response = client.get(reverse("shop:payments"))
+            shown = response.status_code == 200 and b"Latest payments" in response.content
+            if not shown:
+                message = f"the payments page of {demo.username!r} answered {response.status_code}"
+                self.stderr.write(self.style.ERROR(f"  {message}"))
+                return message
+            self.stdout.write(f"  {demo.username}: payments page OK")
         return None
 
     def _print_logins(self, port: int) -> None:
