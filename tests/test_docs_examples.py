@@ -442,6 +442,40 @@ def test_example_pay_order_view(fake_getpaid_settings):
     assert json.loads(response.content)["trace_id"] == fake.api_requests[-1]["trace_id"]
 
 
+@checks_example("async-payments-view")
+@pytest.mark.django_db
+def test_example_async_payments_view(acme, fake_getpaid_settings):
+    import json
+
+    from asgiref.sync import async_to_sync
+
+    from django_getpaid_auth import get_token
+
+    view = _run("async-payments-view")["payments"]
+    request = RequestFactory().get("/payments")
+    request.tenant = acme
+    # async_to_sync, as Django runs an async view under WSGI: the ORM call of the first
+    # (cold) call comes back to this thread, which holds the test's transaction.
+    response = async_to_sync(view)(request)
+    assert response.status_code == 200
+    assert len(json.loads(response.content)["data"]) == 3
+    assert async_to_sync(view)(request).status_code == 200  # warm: the same token
+    # The sync path uses the token the async view got: still one token request.
+    assert get_token(acme).fingerprint
+    assert fake_getpaid_settings.token_request_count("acme-client") == 1
+
+    # A tenant without a credential: the GetpaidAuthError branch answers 502.
+    request.tenant = Tenant.objects.create(slug="empty", name="Empty")
+    assert async_to_sync(view)(request).status_code == 502
+
+    # getpaid unreachable (after the retries): httpx's own error, answered 502.
+    request.tenant = acme
+    fake_getpaid_settings.fail_next_api_requests("reset", count=3)
+    response = async_to_sync(view)(request)
+    assert response.status_code == 502
+    assert json.loads(response.content)["error"].endswith("Error")
+
+
 def test_fault_table_lists_every_fault_kind():
     from django_getpaid_auth.testing import FAULT_KINDS
 
