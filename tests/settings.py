@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import environ
 
 env = environ.Env()
@@ -47,6 +49,12 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default="sqlite://:memory:")}
+if "sqlite" not in DATABASES["default"]["ENGINE"]:
+    # A test database of this run's own: two runs on one server (CI and a developer, or two
+    # sessions) must not create and drop the same "test_<name>" under each other.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = (
+        f"test_{DATABASES['default']['NAME']}_{os.getpid()}"
+    )
 if DATABASES["default"].get("ENGINE") == "django.db.backends.mysql":  # MariaDB / MySQL
     # Full Unicode in the test database too (non-ASCII secrets, names), whatever the
     # server's default character set.
