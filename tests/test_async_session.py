@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from django_getpaid_auth import GetpaidAsyncClient, GetpaidAuth, aget_session, get_token
+from django_getpaid_auth import GetpaidAsyncClient, GetpaidAuth, aget_session, aget_token, get_token
 from django_getpaid_auth.exceptions import APINotFoundError, ForeignHostError
 from django_getpaid_auth.user_agent import USER_AGENT
 from tests.factories import make_credential, make_tenant
@@ -273,3 +273,30 @@ def test_tls_failures_are_not_retried_like_on_the_sync_path():
     except httpx.ConnectError as exc:
         assert not api_rules.is_transport_failure(exc)
     assert api_rules.is_transport_failure(httpx.ConnectError("connection refused"))
+
+
+def test_a_real_redis_that_is_down_keeps_async_calls_working(
+    tenant, fake_getpaid_settings, settings, all_logs
+):
+    """The cache is a real RedisCache whose server does not answer (nothing listens on
+    port 1): every call still succeeds, on the per-process fallback, as on the sync path."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+
+    async def main():
+        statuses = []
+        for _ in range(5):
+            client = await aget_session("asess")
+            statuses.append((await client.get("/v2/payments/pay_asess-client_1")).status_code)
+        token = await aget_token("asess")
+        return statuses, token
+
+    statuses, token = run(main())
+    assert statuses == [200] * 5 and token.value
+    assert fake_getpaid_settings.token_request_count("asess-client") == 1
+    assert "fetching getpaid tokens per process" in all_logs.text
