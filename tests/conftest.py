@@ -19,6 +19,20 @@ def _clean_state(settings):
     yield
     service.reset()
     _delete_keys(prefix)
+    _close_offloaded_connections()
+
+
+def _close_offloaded_connections() -> None:
+    """Async tests offload ORM calls to asgiref's thread; close that thread's connection,
+    or the test database cannot be dropped at the end of the run (PostgreSQL, MariaDB)."""
+    import asyncio
+
+    from asgiref.sync import SyncToAsync, sync_to_async
+    from django.db import connections
+
+    if getattr(SyncToAsync, "single_thread_executor", None) is None:
+        return
+    asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
 
 
 def _delete_keys(prefix: str) -> None:
