@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.views.decorators.debug import sensitive_variables
@@ -93,14 +93,20 @@ def _digest(key: str, ciphertext: str) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _epoch(value: Any) -> float | None:
-    """``value`` as epoch seconds if it is a plausible one, else None."""
+def _number_within(value: Any, low: float, high: float) -> float | None:
+    """``value`` as a float if it is a number in [low, high], else None (never raises:
+    NaN fails the comparison, and a huge int is refused before float() could overflow)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, int) and not 0 < value < 10**11:
-        return None  # float() of a huge int raises OverflowError
+    if isinstance(value, int) and not low <= value <= high:
+        return None
     number = float(value)
-    return number if _MIN_EPOCH <= number <= _MAX_EPOCH else None
+    return number if low <= number <= high else None
+
+
+def _epoch(value: Any) -> float | None:
+    """``value`` as epoch seconds if it is a plausible one, else None."""
+    return _number_within(value, _MIN_EPOCH, _MAX_EPOCH)
 
 
 @on_settings_reset
@@ -391,26 +397,18 @@ def _unauthorized_state(value: Any, now: float, pause: float) -> tuple[float, st
     """
     if not isinstance(value, dict):
         return None
-    rejected_at, paused_until = value.get("rejected_at"), value.get("paused_until")
+    # 0 is allowed for paused_until: "not paused".
+    rejected_at = _number_within(value.get("rejected_at"), 0.0, _MAX_PAUSE_TIME)
+    paused_until = _number_within(value.get("paused_until"), 0.0, _MAX_PAUSE_TIME)
     fingerprint = value.get("fingerprint")
-    if (
-        not isinstance(fingerprint, str)
-        or not _plausible_time(rejected_at)
-        or not _plausible_time(paused_until)
-    ):
+    if not isinstance(fingerprint, str) or rejected_at is None or paused_until is None:
         return None
     if not (now - pause <= rejected_at <= now + 1) or paused_until > now + pause:
         return None
-    return float(rejected_at), fingerprint, float(paused_until)
+    return rejected_at, fingerprint, paused_until
 
 
-def _plausible_time(value: object) -> TypeGuard[float]:
-    """A finite number of epoch seconds (0 allowed: "not paused"), never an exception."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if isinstance(value, int):
-        return 0 <= value < 10**11
-    return math.isfinite(value) and 0 <= value < 1e11
+_MAX_PAUSE_TIME = 1e11 - 1  # epoch seconds below 1e11, as the 401 pause has always taken
 
 
 def clear_unauthorized(snapshot: CredentialSnapshot) -> None:
