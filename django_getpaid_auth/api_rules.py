@@ -24,9 +24,11 @@ import email.utils
 import http
 import http.client
 import json
+import logging
 import re
 import ssl
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import timezone
@@ -438,3 +440,44 @@ def build_error(
         fields["retry_after"] = retry_after_seconds(headers.get("Retry-After"), now)
     message = error_message(status, shown_method, path, problem, trace, attempts, secrets)
     return cls(message, **fields)
+
+
+# --- the API call log (logger django_getpaid_auth.api), one format for both clients ------
+
+api_logger = logging.getLogger("django_getpaid_auth.api")
+
+
+def log_retry(method: str, url: str | None, outcome: str, attempts: int, delay: float) -> None:
+    """DEBUG: attempt ``attempts`` failed with ``outcome``; the next comes after ``delay`` s."""
+    if api_logger.isEnabledFor(logging.DEBUG):
+        api_logger.debug(
+            "getpaid API %s %s: %s on attempt %d; retrying in %.0f ms",
+            method,
+            url_path(url),
+            outcome,
+            attempts,
+            delay * 1000,
+        )
+
+
+def log_call(
+    method: str,
+    url: str | None,
+    outcome: str,
+    trace: str | None,
+    attempts: int,
+    started: float,
+) -> None:
+    """DEBUG: one line per call (method, path, status, trace id, attempts, elapsed ms);
+    never headers, the query string or bodies."""
+    if api_logger.isEnabledFor(logging.DEBUG):
+        api_logger.debug(
+            "getpaid API %s %s -> %s (trace id %s, %d attempt%s, %.0f ms)",
+            method,
+            url_path(url),
+            outcome,
+            trace or "-",
+            attempts,
+            "" if attempts == 1 else "s",
+            (time.monotonic() - started) * 1000,
+        )

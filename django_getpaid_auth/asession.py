@@ -13,7 +13,6 @@ per view call reuses warm connections, and closing a client (or leaving its
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 import weakref
@@ -31,8 +30,6 @@ from .tokens import AccessToken
 from .user_agent import USER_AGENT
 
 __all__ = ["GetpaidAsyncClient", "GetpaidAuth", "aget_session"]
-
-api_logger = logging.getLogger("django_getpaid_auth.api")
 
 
 # Set on a request once its 401 retry was made: API retries resend the same request object,
@@ -229,7 +226,9 @@ class GetpaidAsyncClient(httpx.AsyncClient):
                 if delay is None or not _replayable(request):
                     exc.getpaid_attempts = attempts  # type: ignore[attr-defined]
                     exc.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
-                    _log(method, request, type(exc).__name__, None, attempts, started)
+                    api_rules.log_call(
+                        method, str(request.url), type(exc).__name__, None, attempts, started
+                    )
                     raise
             else:
                 delay = api_rules.retry_delay(
@@ -251,7 +250,9 @@ class GetpaidAsyncClient(httpx.AsyncClient):
         response.getpaid_attempts = attempts  # type: ignore[attr-defined]
         response.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
         trace = api_rules.trace_id(response.headers)
-        _log(method, request, str(response.status_code), trace, attempts, started)
+        api_rules.log_call(
+            method, str(request.url), str(response.status_code), trace, attempts, started
+        )
         if self.raise_errors and response.status_code >= 400:
             error = await aapi_error(response)
             if error is not None:
@@ -262,27 +263,6 @@ class GetpaidAsyncClient(httpx.AsyncClient):
 def _replayable(request: httpx.Request) -> bool:
     """The body can be sent again (bytes, or a stream already read into memory)."""
     return isinstance(request.stream, httpx.ByteStream)
-
-
-def _log(
-    method: str,
-    request: httpx.Request,
-    outcome: str,
-    trace: str | None,
-    attempts: int,
-    started: float,
-) -> None:
-    if api_logger.isEnabledFor(logging.DEBUG):
-        api_logger.debug(
-            "getpaid API %s %s -> %s (trace id %s, %d attempt%s, %.0f ms)",
-            method,
-            api_rules.url_path(str(request.url)),
-            outcome,
-            trace or "-",
-            attempts,
-            "" if attempts == 1 else "s",
-            (time.monotonic() - started) * 1000,
-        )
 
 
 async def aapi_error(response: httpx.Response) -> GetpaidAPIError | None:

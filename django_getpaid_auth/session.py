@@ -29,7 +29,6 @@ from .tokens import AccessToken
 from .user_agent import USER_AGENT
 
 logger = logging.getLogger("django_getpaid_auth.session")
-api_logger = logging.getLogger("django_getpaid_auth.api")
 
 # One pool per process for all sessions (urllib3 pools are thread-safe).
 _shared_adapter = HTTPAdapter(pool_connections=32, pool_maxsize=64)
@@ -333,9 +332,11 @@ class GetpaidSession(requests.Session):
                 if delay is None or not _rewind_body(request):
                     exc.getpaid_attempts = attempts  # type: ignore[attr-defined]
                     exc.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
-                    _log_call(method, request.url, type(exc).__name__, None, attempts, started)
+                    api_rules.log_call(
+                        method, request.url, type(exc).__name__, None, attempts, started
+                    )
                     raise
-                _log_retry(method, request.url, type(exc).__name__, attempts, delay)
+                api_rules.log_retry(method, request.url, type(exc).__name__, attempts, delay)
             else:
                 retried_401 = retried_401 or _used_401_retry(response.request)
                 delay = api_rules.retry_delay(
@@ -357,13 +358,13 @@ class GetpaidSession(requests.Session):
                 trace = api_rules.trace_id(response.headers)
                 if trace is not None:
                     failed.append(trace)
-                _log_retry(method, request.url, str(response.status_code), attempts, delay)
+                api_rules.log_retry(method, request.url, str(response.status_code), attempts, delay)
                 response.close()
             time.sleep(delay)
             attempt = self._again(request, retried_401)
         response.getpaid_attempts = attempts  # type: ignore[attr-defined]
         response.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
-        _log_call(
+        api_rules.log_call(
             method,
             request.url,
             str(response.status_code),
@@ -424,39 +425,6 @@ def _failed_trace_ids(history: list[requests.Response]) -> list[str]:
             if trace is not None:
                 found.append(trace)
     return found
-
-
-def _log_retry(method: str, url: str | None, outcome: str, attempts: int, delay: float) -> None:
-    if api_logger.isEnabledFor(logging.DEBUG):
-        api_logger.debug(
-            "getpaid API %s %s: %s on attempt %d; retrying in %.0f ms",
-            method,
-            api_rules.url_path(url),
-            outcome,
-            attempts,
-            delay * 1000,
-        )
-
-
-def _log_call(
-    method: str,
-    url: str | None,
-    outcome: str,
-    trace: str | None,
-    attempts: int,
-    started: float,
-) -> None:
-    if api_logger.isEnabledFor(logging.DEBUG):
-        api_logger.debug(
-            "getpaid API %s %s -> %s (trace id %s, %d attempt%s, %.0f ms)",
-            method,
-            api_rules.url_path(url),
-            outcome,
-            trace or "-",
-            attempts,
-            "" if attempts == 1 else "s",
-            (time.monotonic() - started) * 1000,
-        )
 
 
 def _sent_tokens(response: requests.Response) -> list[str]:
