@@ -284,8 +284,23 @@ class CredentialChangeList(ChangeList):
             row._getpaid_token_state = states.get(row.pk)
 
 
+class SecretPostParametersHidden(admin.ModelAdmin):
+    """Marks the secret fields of the POST as sensitive before anything can fail, so
+    Django's error reports never show a secret typed into this admin's pages."""
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        hide_secret_post_parameters(request)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+
 @admin.register(ClientCredential)
-class ClientCredentialAdmin(admin.ModelAdmin):
+class ClientCredentialAdmin(SecretPostParametersHidden):
     class Media:
         css = {"all": ["django_getpaid_auth/admin.css"]}
 
@@ -486,16 +501,6 @@ class ClientCredentialAdmin(admin.ModelAdmin):
         )
 
     # --- saving and history
-
-    def changeform_view(
-        self,
-        request: HttpRequest,
-        object_id: str | None = None,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> Any:
-        hide_secret_post_parameters(request)
-        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def render_change_form(
         self,
@@ -698,7 +703,7 @@ class ClientCredentialInline(admin.TabularInline):
         return " ".join(s for s in split_scopes(obj.scopes) if s not in KNOWN_SCOPES) or "—"
 
 
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(SecretPostParametersHidden):
     class Media:
         css = {"all": ["django_getpaid_auth/admin.css"]}
 
@@ -711,16 +716,6 @@ class TenantAdmin(admin.ModelAdmin):
         return (
             super().get_queryset(request).annotate(_credential_count=Count("getpaid_credentials"))
         )
-
-    def changeform_view(
-        self,
-        request: HttpRequest,
-        object_id: str | None = None,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> Any:
-        hide_secret_post_parameters(request)
-        return super().changeform_view(request, object_id, form_url, extra_context)
 
     @admin.display(description=_("credentials"), ordering="_credential_count")
     def credential_count(self, obj: Any) -> int:
