@@ -17,6 +17,7 @@ import socket
 import struct
 import sys
 import threading
+from collections import deque
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
@@ -263,3 +264,34 @@ class LoopbackServer:
     def _sleep(self, seconds: float) -> None:
         if seconds and seconds > 0:
             self._stopping.wait(seconds)
+
+
+class FaultQueue:
+    """Faults queued for an endpoint's next requests, served first in, first out.
+
+    Shared by the token endpoint and the API emulation: each checks ``kind`` against its
+    own list of kinds. Thread-safe (the servers answer each request in its own thread).
+    """
+
+    def __init__(self, kinds: tuple[str, ...], what: str) -> None:
+        self.kinds = kinds
+        self.what = what  # names the kind in errors, e.g. "API fault kind"
+        self._queue: deque[tuple[str, int | None]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, kind: str, count: int = 1, retry_after: int | None = None) -> None:
+        if kind not in self.kinds:
+            raise ValueError(f"unknown {self.what} {kind!r}; expected one of {self.kinds}")
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        with self._lock:
+            self._queue.extend([(kind, retry_after)] * count)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
+
+    def next(self) -> tuple[str, int | None] | None:
+        """The fault for this request, or None when none is queued."""
+        with self._lock:
+            return self._queue.popleft() if self._queue else None

@@ -20,12 +20,11 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
-from django_getpaid_auth.testing._http import Handler, ReplyError
+from django_getpaid_auth.testing._http import FaultQueue, Handler, ReplyError
 from django_getpaid_auth.testing._idempotency import (
     Answer,
     IdempotencyConflict,
@@ -106,7 +105,7 @@ class ApiEmulation:
         self.requests: list[dict[str, Any]] = []
         self._sleep = sleep
         self._fault_timeout = fault_timeout
-        self._faults: deque[tuple[str, int | None]] = deque()
+        self._faults = FaultQueue(API_FAULT_KINDS, "API fault kind")
         self._lock = threading.Lock()
 
     def request_count(self, client_id: str | None = None) -> int:
@@ -139,17 +138,11 @@ class ApiEmulation:
         self, kind: str, count: int = 1, *, retry_after: int | None = None
     ) -> None:
         """Queue ``count`` faults of ``kind`` (:data:`API_FAULT_KINDS`) for the next requests."""
-        if kind not in API_FAULT_KINDS:
-            raise ValueError(f"unknown API fault kind {kind!r}; expected one of {API_FAULT_KINDS}")
-        if count < 0:
-            raise ValueError("count must be >= 0")
-        with self._lock:
-            self._faults.extend([(kind, retry_after)] * count)
+        self._faults.add(kind, count, retry_after)
 
     def clear_faults(self) -> None:
         """Drop API faults that have not been served yet."""
-        with self._lock:
-            self._faults.clear()
+        self._faults.clear()
 
     def handle(self, handler: Handler, path: str, body: bytes) -> None:
         """Answer one API request (or serve the next queued fault) and log it."""
@@ -167,8 +160,7 @@ class ApiEmulation:
             "time": time.time(),
         }
         self._sleep(self.latency)
-        with self._lock:
-            kind, retry_after = self._faults.popleft() if self._faults else (None, None)
+        kind, retry_after = self._faults.next() or (None, None)
         if kind is not None:
             entry["fault"] = kind
             entry["client_id"] = self._peek_client_id(handler)

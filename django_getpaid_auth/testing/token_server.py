@@ -20,13 +20,12 @@ import json
 import secrets
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
-from django_getpaid_auth.testing._http import Handler, LoopbackServer, ReplyError
+from django_getpaid_auth.testing._http import FaultQueue, Handler, LoopbackServer, ReplyError
 from django_getpaid_auth.testing.jwt import InvalidTokenError, decode_jwt, make_jwt
 
 __all__ = [
@@ -142,7 +141,7 @@ class FakeTokenServer(LoopbackServer):
         self._clients: dict[str, FakeClient] = {}
         self._issued_jtis: set[str] = set()
         self._revoked_jtis: set[str] = set()
-        self._faults: deque[tuple[str, int | None]] = deque()
+        self._faults = FaultQueue(FAULT_KINDS, "fault kind")
 
     def __repr__(self) -> str:
         where = self.url if self.running else "stopped"
@@ -246,17 +245,11 @@ class FakeTokenServer(LoopbackServer):
         self, kind: str, count: int = 1, *, retry_after: int | None = None
     ) -> None:
         """Queue ``count`` faults of ``kind`` for the next POSTs to /oauth/token (FIFO)."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
-        if count < 0:
-            raise ValueError("count must be >= 0")
-        with self._lock:
-            self._faults.extend([(kind, retry_after)] * count)
+        self._faults.add(kind, count, retry_after)
 
     def clear_faults(self) -> None:
         """Drop faults that have not been served yet."""
-        with self._lock:
-            self._faults.clear()
+        self._faults.clear()
 
     def token_request_count(self, client_id: str | None = None) -> int:
         """Requests to /oauth/token (successful and failed), total or per client_id as sent."""
@@ -306,8 +299,7 @@ class FakeTokenServer(LoopbackServer):
             )
             return
         self._sleep(self.token_latency)
-        with self._lock:
-            fault = self._faults.popleft() if self._faults else None
+        fault = self._faults.next()
         if fault is not None:
             credentials = (None, None) if parse_error else (auth_client_id, auth_secret)
             self._serve_fault(handler, entry, params, *fault, credentials=credentials)
