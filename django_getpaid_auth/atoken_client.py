@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 from django.views.decorators.debug import sensitive_variables
 
-from . import clock, token_client
+from . import clock, telemetry, token_client
 from .conf import getpaid_settings
 from .credentials import CredentialSnapshot
 from .exceptions import TokenRequestError
+from .quota import QuotaReport
 from .tokens import AccessToken
 from .user_agent import USER_AGENT
 
@@ -57,12 +58,17 @@ def _client() -> httpx.AsyncClient:
 
 
 @sensitive_variables()
-async def arequest_token(snapshot: CredentialSnapshot) -> AccessToken:
-    """``token_client.request_token`` without blocking the loop: same retries and bounds."""
+async def arequest_token(
+    snapshot: CredentialSnapshot, answers: list[QuotaReport | None] | None = None
+) -> AccessToken:
+    """``token_client.request_token`` without blocking the loop: same retries, bounds and
+    ``answers`` (one item per request sent: its quota figures or None)."""
     plan = token_client.RetryPlan()
+    if answers is None:
+        answers = []
     while True:
         try:
-            return await _arequest_once(snapshot, plan.attempt_seconds())
+            return await _arequest_once(snapshot, plan.attempt_seconds(), answers)
         except TokenRequestError as exc:
             delay = plan.wait_after(exc)
             if delay is None:
@@ -70,14 +76,28 @@ async def arequest_token(snapshot: CredentialSnapshot) -> AccessToken:
             await asyncio.sleep(delay)
 
 
+async def _arequest_once(
+    snapshot: CredentialSnapshot, seconds: float, answers: list[QuotaReport | None]
+) -> AccessToken:
+    if telemetry.ENABLED:
+        with telemetry.request_span(
+            snapshot.pk, snapshot.environment, token_client.token_server()
+        ) as span:
+            return await _asend(snapshot, seconds, answers, span)
+    return await _asend(snapshot, seconds, answers, None)
+
+
 @sensitive_variables()
-async def _arequest_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
+async def _asend(
+    snapshot: CredentialSnapshot, seconds: float, answers: list[QuotaReport | None], span: Any
+) -> AccessToken:
     context, secret, body, basic = token_client.request_parts(snapshot)
     deadline = token_client._Deadline(seconds)  # expired()/seconds only: no watchdog here
     started = clock.now()
+    answers.append(None)
     try:
         outcome = await asyncio.wait_for(
-            _exchange(snapshot, context, secret, body, basic, deadline, started),
+            _exchange(snapshot, context, secret, body, basic, deadline, started, answers, span),
             timeout=max(seconds, 0.001),
         )
     except asyncio.TimeoutError:
@@ -96,6 +116,8 @@ async def _exchange(
     basic: tuple[str, str] | None,
     deadline: Any,
     started: float,
+    answers: list[QuotaReport | None],
+    span: Any,
 ) -> AccessToken | TokenRequestError:
     connect_timeout, read_timeout = getpaid_settings.typed.token_request_timeout
     bounded = max(deadline.seconds, 0.001)
@@ -109,6 +131,7 @@ async def _exchange(
             headers=token_client.REQUEST_HEADERS,
             **{token_client.body_kind(): body},
         ) as response:
+            token_client.note_answer(answers, response.status_code, response.headers, span)
             token_client.logger.debug(
                 "token endpoint answered %s in %.0f ms for tenant=%s environment=%s",
                 response.status_code,

@@ -137,6 +137,37 @@ def delete_many(names: Iterable[str]) -> None:
     _call("delete_many", list(names))
 
 
+def incr(name: str, delta: int, timeout: float) -> int | None:
+    """Add ``delta`` to a counter every process shares (created at 0, expiring after
+    ``timeout`` seconds); the new value, or None when the counter could not be kept.
+
+    As atomic as the backend's ``incr`` (Redis, Memcached and locmem are; the database
+    cache is not). A value that is not a whole number is replaced.
+    """
+    if not is_degraded():
+        if _pending:
+            flush_pending()
+        try:
+            return _bump(shared(), name, delta, timeout)
+        except Exception as exc:  # any backend error: degrade, never fail the caller
+            _mark_down(exc)
+    return _bump(_fallback, name, delta, timeout)
+
+
+def _bump(cache: BaseCache, name: str, delta: int, timeout: float) -> int | None:
+    for _ in range(2):
+        cache.add(name, 0, timeout)
+        try:
+            value = cache.incr(name, delta)
+        except ValueError:  # expired between add and incr: add again
+            continue
+        except TypeError:  # garbage under the key (locmem): start again
+            cache.set(name, delta, timeout)
+            return delta
+        return value if type(value) is int else None
+    return None
+
+
 # --- writes that must reach the shared cache ---------------------------------------------
 
 _pending: list[tuple[str, tuple[Any, ...]]] = []

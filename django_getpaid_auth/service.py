@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import cache_backend, clock, credentials, tenants, token_store
+from . import cache_backend, clock, credentials, telemetry, tenants, token_store, usage
 from .conf import getpaid_settings, on_settings_reset
 from .credentials import CredentialSnapshot, TenantRef
 from .token_store import CachedState
@@ -39,6 +39,7 @@ __all__ = [
     "identities_of",
     "invalidate_token",
     "may_refetch_after_401",
+    "refresh_if_due",
     "replacement_accepted",
     "replacement_rejected",
     "reset",
@@ -91,14 +92,29 @@ def current_token(
     tenant: TenantRef | None, environment: str | None, *, force_refresh: bool = False
 ) -> tuple[CredentialSnapshot, AccessToken]:
     """The credential snapshot and a usable token for it, reloading what has changed."""
+    if telemetry.ENABLED:
+        with telemetry.token_span() as span:
+            snapshot, token = _current_token(tenant, environment, force_refresh, span)
+            span.describe(snapshot.pk, snapshot.environment)
+            return snapshot, token
+    return _current_token(tenant, environment, force_refresh, None)
+
+
+def _current_token(
+    tenant: TenantRef | None, environment: str | None, force_refresh: bool, span: Any
+) -> tuple[CredentialSnapshot, AccessToken]:
     tenant = tenant_or_current(tenant)
     key = credentials.lookup_key(tenant, environment)
     if not force_refresh:
         memo = memo_hit(key)
         if memo is not None:
+            if span is not None:
+                span.outcome = "memo"
+            usage.note_used(memo[0])  # a cache write at most once a minute
             return memo
     snapshot, token = _read_through(tenant, environment, force_refresh)
     _remember(key, snapshot, token)
+    usage.note_used(snapshot)
     return snapshot, token
 
 
@@ -217,8 +233,19 @@ def fetch_for_check(credential: Any, *, use_cache: bool) -> tuple[CredentialSnap
 
 
 def cached_states(snapshots: list[CredentialSnapshot]) -> dict[Any, CachedState]:
-    """Token and failure state of many credentials in one cache read (the admin list)."""
+    """Token, failure and usage state of many credentials in one cache read (the admin
+    list, ``getpaid_check``, ``getpaid_refresh``)."""
     return token_store.cached_states(snapshots)
+
+
+def refresh_if_due(snapshot: CredentialSnapshot, *, due_within: float) -> AccessToken | None:
+    """Renew the credential's token if it expires within ``due_within`` seconds or none is
+    cached (single flight: never twice for one credential); None when not due. Raises
+    the typed token errors."""
+    token = token_store.refresh_if_due(snapshot, due_within)
+    if token is not None:
+        clear_memo()
+    return token
 
 
 identities_of = credentials.identities_of

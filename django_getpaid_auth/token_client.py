@@ -33,7 +33,7 @@ import threading
 import time
 import zlib
 from typing import Any, TypedDict
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 import requests.adapters
@@ -44,7 +44,7 @@ import urllib3.exceptions
 import urllib3.poolmanager
 from django.views.decorators.debug import sensitive_variables
 
-from . import api_rules, clock
+from . import api_rules, clock, quota, telemetry
 from .conf import getpaid_settings
 from .credentials import CredentialSnapshot
 from .exceptions import (
@@ -59,6 +59,7 @@ from .exceptions import (
     UnauthorizedClientError,
     printable,
 )
+from .quota import QuotaReport
 from .scopes import split_scopes
 from .tokens import MAX_TOKEN_LENGTH, AccessToken, from_timestamp, is_valid_token_value, jwt_expiry
 from .user_agent import USER_AGENT
@@ -83,7 +84,6 @@ DEFAULT_RETRY_AFTER = 60.0
 
 _CHUNK = 16 * 1024
 _DIGITS = re.compile(r"[0-9]{1,20}")
-_QUOTA_RESET = re.compile(r"(?:^|;)\s*t=([0-9]{1,20})\s*(?:;|$)")
 # RFC 6749 scope-token: %x21 / %x23-5B / %x5D-7E
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,200}")
 _MAX_SCOPES = 256
@@ -330,16 +330,21 @@ def _deadline_seconds() -> float:
 
 
 @sensitive_variables()
-def request_token(snapshot: CredentialSnapshot) -> AccessToken:
+def request_token(
+    snapshot: CredentialSnapshot, answers: list[QuotaReport | None] | None = None
+) -> AccessToken:
     """Fetch a new token for ``snapshot`` (no caching here), retrying transient failures.
 
     Takes at most ``request_budget()`` seconds (plus a short wait for a 429 that asks
-    for at most MAX_RETRY_AFTER seconds).
+    for at most MAX_RETRY_AFTER seconds). ``answers``, when given, gets one item per
+    HTTP request sent: the quota figures its answer carried, or None.
     """
     plan = RetryPlan()
+    if answers is None:
+        answers = []
     while True:
         try:
-            return _request_once(snapshot, plan.attempt_seconds())
+            return _request_once(snapshot, plan.attempt_seconds(), answers)
         except (TokenEndpointUnavailableError, RateLimitedError) as exc:
             delay = plan.wait_after(exc)
             if delay is None:
@@ -399,7 +404,31 @@ def _backoff(attempt: int) -> float:
 
 
 @sensitive_variables()
-def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
+def _request_once(
+    snapshot: CredentialSnapshot, seconds: float, answers: list[QuotaReport | None]
+) -> AccessToken:
+    if telemetry.ENABLED:
+        with telemetry.request_span(snapshot.pk, snapshot.environment, token_server()) as span:
+            return _send(snapshot, seconds, answers, span)
+    return _send(snapshot, seconds, answers, None)
+
+
+def token_server() -> str:
+    """The token endpoint's host, for traces."""
+    return urlsplit(getpaid_settings.typed.token_url).hostname or ""
+
+
+def note_answer(answers: list[QuotaReport | None], status: int, headers: Any, span: Any) -> None:
+    """Keep what an answer's headers say of quota and rate limits (both HTTP clients)."""
+    answers[-1] = quota.from_headers(headers, status=status, now=time.time())
+    if span is not None:
+        span.status = status
+
+
+@sensitive_variables()
+def _send(
+    snapshot: CredentialSnapshot, seconds: float, answers: list[QuotaReport | None], span: Any
+) -> AccessToken:
     context, secret, body, basic = request_parts(snapshot)
     auth = requests.auth.HTTPBasicAuth(*basic) if basic is not None else None
     kwargs: dict[str, Any] = {body_kind(): body}
@@ -408,6 +437,7 @@ def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
     started = clock.now()
     deadline = _Deadline(seconds)
     _local.deadline = deadline
+    answers.append(None)
     try:
         try:
             response = _http.post(
@@ -423,6 +453,7 @@ def _request_once(snapshot: CredentialSnapshot, seconds: float) -> AccessToken:
             # "from None": the chained requests/urllib3 frames hold the request body.
             raise _transport_error(exc, deadline, context) from None
         try:
+            note_answer(answers, response.status_code, response.headers, span)
             logger.debug(
                 "token endpoint answered %s in %.0f ms for tenant=%s environment=%s",
                 response.status_code,
@@ -807,11 +838,11 @@ def _error_for(
     # Classify on what the server said; report the scrubbed version.
     lowered = raw_description.lower()
     if status == 429:
-        retry_after, quota = rate_limit_wait(headers)
+        retry_after, quota_text = rate_limit_wait(headers)
         return RateLimitedError(
             "getpaid's token endpoint is rate limiting this client.",
             retry_after=DEFAULT_RETRY_AFTER if retry_after is None else retry_after,
-            quota=_scrub(quota, secret, MAX_HEADER_TEXT),
+            quota=_scrub(quota_text, secret, MAX_HEADER_TEXT),
             **fields,
         )
     if status >= 500:
@@ -860,7 +891,9 @@ def rate_limit_wait(headers: Any) -> tuple[float | None, str]:
     (``None`` when nothing usable was sent). The wait is within [0, MAX_WAIT]. The quota
     header comes back as printable text of at most MAX_HEADER_TEXT characters.
     """
-    quota = _header(headers, "Auth0-Client-Quota-Limit") or _header(headers, "Auth0-Quota-Limit")
+    quota_text = _header(headers, quota.QUOTA_HEADERS[0]) or _header(
+        headers, quota.QUOTA_HEADERS[1]
+    )
     waits: list[float] = []
     retry_after = api_rules.retry_after_seconds(_header(headers, "Retry-After"), time.time())
     if retry_after is not None:
@@ -870,7 +903,10 @@ def rate_limit_wait(headers: Any) -> tuple[float | None, str]:
         value = float(reset)
         # epoch seconds (Auth0) or, from some servers, seconds from now
         waits.append(api_rules.clamp_wait(value - time.time() if value > 10**9 else value))
-    match = _QUOTA_RESET.search(quota.replace(",", ";")) if quota else None
-    if match and not waits:
-        waits.append(api_rules.clamp_wait(float(match.group(1))))
-    return (max(waits) if waits else None), printable(quota)
+    if quota_text and not waits:
+        now = time.time()
+        buckets = quota.parse_quota_header(quota_text, now)
+        exhausted = [b for b in buckets if b.remaining == 0] or list(buckets[:1])
+        if exhausted:
+            waits.append(api_rules.clamp_wait(max(b.resets_at for b in exhausted) - now))
+    return (max(waits) if waits else None), printable(quota_text)

@@ -26,13 +26,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.views.decorators.debug import sensitive_variables
 
-from . import cache_backend, clock, crypto
+from . import cache_backend, clock, crypto, telemetry, usage
 from .conf import getpaid_settings, on_settings_reset
 from .credentials import CredentialSnapshot
 from .exceptions import (
@@ -40,8 +40,10 @@ from .exceptions import (
     TokenRequestError,
     TokenWaitTimeoutError,
 )
+from .quota import QuotaReport
 from .signals import token_obtained, token_request_failed
 from .tokens import AccessToken
+from .usage import Usage
 
 logger = logging.getLogger("django_getpaid_auth.token_store")
 
@@ -248,6 +250,22 @@ def get(
     return peek(snapshot, cached=cached) or _obtain(snapshot)
 
 
+def refresh_if_due(snapshot: CredentialSnapshot, due_within: float) -> AccessToken | None:
+    """A new token when the cached one expires within ``due_within`` seconds (or none is
+    cached), through the normal single flight and lease; None when not due.
+
+    A peer that renews it first (another ``getpaid_refresh``, a worker) is not repeated:
+    the forced flight accepts any token other than the one it set out to replace.
+    """
+    entry = cache_backend.get(token_key(snapshot))
+    current = token_of(snapshot, entry) if is_entry(entry) else None
+    if current is None or clock.now() >= usable_until(entry):
+        return _obtain(snapshot)
+    if clock.now() + due_within < float(entry["exp"]):
+        return None
+    return _obtain(snapshot, force=True)
+
+
 def peek(snapshot: CredentialSnapshot, *, cached: Any = UNSET) -> AccessToken | None:
     """The cached token if it may be handed out, else None (then a fetch is needed).
 
@@ -318,19 +336,28 @@ class CachedState:
     refresh_at: float | None = None
     usable_until: float | None = None
     failure: TokenRequestError | None = None  # remembered failure still in its window
+    usage: Usage = field(default_factory=Usage)  # quota figures, requests this hour, last use
 
 
 def cached_states(snapshots: list[CredentialSnapshot]) -> dict[Any, CachedState]:
-    """Token and failure state of many credentials in ONE ``get_many`` (the admin list).
+    """Token, failure and usage state of many credentials in ONE ``get_many`` (the admin
+    list, ``getpaid_check``, ``getpaid_refresh``).
 
     Garbage under the keys reads as "nothing cached", never as an error.
     """
     keys: dict[str, tuple[Any, str]] = {}
+    usage_keys: dict[Any, dict[str, str]] = {}
+    now = time.time()
     for snapshot in snapshots:
         keys[token_key(snapshot)] = (snapshot.pk, "token")
         keys[failure_key(snapshot)] = (snapshot.pk, "failure")
-    found = cache_backend.get_many(list(keys)) if keys else {}
-    states: dict[Any, CachedState] = {s.pk: CachedState() for s in snapshots}
+        usage_keys[snapshot.pk] = usage.keys_of(snapshot, now)
+    every_key = list(keys) + [k for ks in usage_keys.values() for k in ks.values()]
+    found = cache_backend.get_many(every_key) if every_key else {}
+    states: dict[Any, CachedState] = {
+        s.pk: CachedState(usage=usage.from_values(usage_keys[s.pk], found)) for s in snapshots
+    }
+    found = {k: v for k, v in found.items() if k in keys}
     for key, value in found.items():
         pk, kind = keys[key]
         current = states[pk]
@@ -518,22 +545,33 @@ _flights_lock = threading.Lock()
 
 
 def _fetch(snapshot: CredentialSnapshot) -> AccessToken:
-    """One token request, with signals and failure memory."""
+    """One token request, with usage counts, signals and failure memory."""
     from .token_client import request_token
 
+    telemetry.set_outcome("fetched")
     started = time.monotonic()
+    answers: list[QuotaReport | None] = []
     try:
-        token = request_token(snapshot)
+        token = request_token(snapshot, answers)
     except TokenRequestError as error:
-        _failed(snapshot, error, started)
+        _failed(snapshot, error, started, answers)
         raise
-    return _obtained(snapshot, token, started)
+    return _obtained(snapshot, token, started, answers)
 
 
-def _failed(snapshot: CredentialSnapshot, error: TokenRequestError, started: float) -> None:
-    """A token request failed: remember it (429, configuration errors), log, signal."""
+def _failed(
+    snapshot: CredentialSnapshot,
+    error: TokenRequestError,
+    started: float,
+    answers: list[QuotaReport | None],
+) -> None:
+    """A token request failed: count it, remember it (429, configuration errors), log,
+    signal."""
+    seen = _record_usage(snapshot, answers)
     _remember(snapshot, error)
     logger.warning("getpaid token request failed: %s", error)
+    if telemetry.ENABLED:
+        telemetry.failed(snapshot.environment, error)
     token_request_failed.send(
         sender=CredentialSnapshot,
         tenant=snapshot.tenant_label,
@@ -541,12 +579,28 @@ def _failed(snapshot: CredentialSnapshot, error: TokenRequestError, started: flo
         error=error,
         duration=time.monotonic() - started,
         credential_id=snapshot.pk,
+        quota=seen.quota,
+        token_requests_this_hour=seen.requests_this_hour,
     )
 
 
-def _obtained(snapshot: CredentialSnapshot, token: AccessToken, started: float) -> AccessToken:
-    """A token request succeeded: share the token through the cache, log, signal."""
+def _record_usage(snapshot: CredentialSnapshot, answers: list[QuotaReport | None]) -> Usage:
+    seen = usage.record_requests(snapshot, answers)
+    if telemetry.ENABLED and seen.quota is not None:
+        telemetry.quota_seen(snapshot.pk, snapshot.environment, seen.quota.buckets)
+    return seen
+
+
+def _obtained(
+    snapshot: CredentialSnapshot,
+    token: AccessToken,
+    started: float,
+    answers: list[QuotaReport | None],
+) -> AccessToken:
+    """A token request succeeded: share the token through the cache, count the request,
+    log, signal."""
     store(snapshot, token)
+    seen = _record_usage(snapshot, answers)
     logger.info(
         "getpaid token obtained for tenant=%s environment=%s expires_at=%s fingerprint=%s",
         snapshot.tenant_label,
@@ -561,6 +615,8 @@ def _obtained(snapshot: CredentialSnapshot, token: AccessToken, started: float) 
         expires_at=token.expires_at,
         duration=time.monotonic() - started,
         credential_id=snapshot.pk,
+        quota=seen.quota,
+        token_requests_this_hour=seen.requests_this_hour,
     )
     return token
 
@@ -711,6 +767,7 @@ def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken
     key = _flight_key(snapshot, force)
     flight, leader = _join_or_lead(key)
     if not leader:
+        telemetry.set_outcome("waited")
         try:
             return flight.result(timeout=getpaid_settings.typed.wait_timeout)
         except (TimeoutError, concurrent.futures.TimeoutError):  # distinct before 3.11
@@ -767,6 +824,7 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
                 environment=snapshot.environment,
             )
         time.sleep(interval)
+        telemetry.set_outcome("waited")  # a token that appears now is a peer's
         interval = min(POLL_INTERVAL_MAX, interval * 1.5)
         entry = cache_backend.get(token_key(snapshot))
 
@@ -809,6 +867,7 @@ async def aobtain(snapshot: CredentialSnapshot, *, force: bool = False) -> Acces
     waiting = asyncio.shield(wrapped)
     if leader:
         return await waiting
+    telemetry.set_outcome("waited")
     try:
         return await asyncio.wait_for(waiting, getpaid_settings.typed.wait_timeout)
     except asyncio.TimeoutError:
@@ -882,6 +941,7 @@ async def _aobtain_across_processes(snapshot: CredentialSnapshot, *, force: bool
                 environment=snapshot.environment,
             )
         await asyncio.sleep(interval)
+        telemetry.set_outcome("waited")  # a token that appears now is a peer's
         interval = min(POLL_INTERVAL_MAX, interval * 1.5)
         entry = await offload(cache_backend.get, token_key(snapshot))
 
@@ -890,10 +950,12 @@ async def _afetch(snapshot: CredentialSnapshot) -> AccessToken:
     """``_fetch`` with httpx's async request; storing and signals run in a thread."""
     from .atoken_client import arequest_token
 
+    telemetry.set_outcome("fetched")
     started = time.monotonic()
+    answers: list[QuotaReport | None] = []
     try:
-        token = await arequest_token(snapshot)
+        token = await arequest_token(snapshot, answers)
     except TokenRequestError as error:
-        await offload(_failed, snapshot, error, started)
+        await offload(_failed, snapshot, error, started, answers)
         raise
-    return await offload(_obtained, snapshot, token, started)
+    return await offload(_obtained, snapshot, token, started, answers)
