@@ -18,7 +18,7 @@ import struct
 import sys
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -145,9 +145,12 @@ class Handler(BaseHTTPRequestHandler):
         body: Any,
         *,
         content_type: str = "application/json",
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
-        """Write a whole response; ``body`` is bytes, text, or JSON-serialisable data."""
+        """Write a whole response; ``body`` is bytes, text, or JSON-serialisable data.
+
+        ``headers`` may be ``(name, value)`` pairs, which can repeat a name.
+        """
         if isinstance(body, bytes):
             payload = body
         elif isinstance(body, str):
@@ -157,7 +160,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
-        for name, value in (headers or {}).items():
+        pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+        for name, value in pairs:
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
