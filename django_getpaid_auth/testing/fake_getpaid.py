@@ -25,6 +25,7 @@ from django_getpaid_auth.testing.token_server import (
     FAULT_KINDS,
     KNOWN_SCOPES,
     LIVE_AUDIENCE,
+    QUOTA_BUCKETS,
     SANDBOX_AUDIENCE,
     FakeClient,
     FakeTokenServer,
@@ -37,6 +38,7 @@ __all__ = [
     "FAULT_KINDS",
     "KNOWN_SCOPES",
     "LIVE_AUDIENCE",
+    "QUOTA_BUCKETS",
     "SANDBOX_AUDIENCE",
     "FakeClient",
     "FakeGetpaid",
@@ -63,8 +65,23 @@ class FakeGetpaid(FakeTokenServer):
         token_lifetime: int = 3600,
         token_latency: float = 0.0,
         api_latency: float = 0.0,
+        token_quota: Mapping[str, int] | None = None,
+        token_rate_limit: int | None = None,
+        token_rate_limit_window: int = 60,
+        token_response_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        enforce_token_limits: bool = True,
     ) -> None:
-        super().__init__(host, port, token_lifetime=token_lifetime, token_latency=token_latency)
+        super().__init__(
+            host,
+            port,
+            token_lifetime=token_lifetime,
+            token_latency=token_latency,
+            token_quota=token_quota,
+            token_rate_limit=token_rate_limit,
+            token_rate_limit_window=token_rate_limit_window,
+            token_response_headers=token_response_headers,
+            enforce_token_limits=enforce_token_limits,
+        )
         self.api = ApiEmulation(
             self,
             latency=api_latency,

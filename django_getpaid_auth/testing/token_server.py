@@ -3,9 +3,10 @@
 Why a module of its own: the token endpoint is the part of getpaid the package talks
 to most, and tests of token fetching need nothing else. It answers ``POST
 /oauth/token`` the way Auth0 does (form or JSON bodies, HTTP Basic, error bodies,
-``no-store`` headers, rate-limit headers), signs HS256 tokens with a per-instance
-key, and can be told to fail the next requests in the ways real servers do
-(:data:`FAULT_KINDS`). :class:`FakeTokenServer` runs alone; ``FakeGetpaid`` adds the
+``no-store`` headers), signs HS256 tokens with a per-instance key, can count tokens
+against Auth0's per-client quota and requests against a rate limit (with their
+headers, see :mod:`._limits`), and can be told to fail the next requests in the ways
+real servers do (:data:`FAULT_KINDS`). :class:`FakeTokenServer` runs alone; ``FakeGetpaid`` adds the
 API emulation on top of it.
 
 Standard library only.
@@ -20,12 +21,18 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
 from django_getpaid_auth.testing._http import FaultQueue, Handler, LoopbackServer, ReplyError
+from django_getpaid_auth.testing._limits import (
+    QUOTA_BUCKETS,
+    HeaderPairs,
+    TokenLimits,
+    validate_headers,
+)
 from django_getpaid_auth.testing.jwt import InvalidTokenError, decode_jwt, make_jwt
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "FAULT_KINDS",
     "KNOWN_SCOPES",
     "LIVE_AUDIENCE",
+    "QUOTA_BUCKETS",
     "SANDBOX_AUDIENCE",
     "TOKEN_PATH",
     "FakeClient",
@@ -116,6 +124,11 @@ class FakeTokenServer(LoopbackServer):
     faults with :meth:`fail_next_token_requests`, and inspect the counters. Tokens it
     issues are checked with :meth:`verify_token`. Paths other than :data:`TOKEN_PATH`
     answer 404.
+
+    Without ``token_quota``, ``token_rate_limit`` or ``token_response_headers``, token
+    answers carry no quota or rate-limit headers. With them, every answer it computes
+    (not a queued fault) reports the figures, and ``enforce_token_limits`` decides
+    whether a used-up quota or limit gets a 429.
     """
 
     fault_timeout_sleep: float = 5.0
@@ -127,8 +140,22 @@ class FakeTokenServer(LoopbackServer):
         *,
         token_lifetime: int = 3600,
         token_latency: float = 0.0,
+        token_quota: Mapping[str, int] | None = None,
+        token_rate_limit: int | None = None,
+        token_rate_limit_window: int = 60,
+        token_response_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        enforce_token_limits: bool = True,
     ) -> None:
         super().__init__(host, port)
+        self._limits = TokenLimits()
+        self._limits.enforce = enforce_token_limits
+        if token_quota is not None:
+            self._limits.set_quota(token_quota)
+        if token_rate_limit is not None:
+            self._limits.set_rate_limit(token_rate_limit, token_rate_limit_window)
+        self._extra_headers: HeaderPairs = ()
+        if token_response_headers is not None:
+            self.set_token_response_headers(token_response_headers)
         self.token_lifetime = token_lifetime
         self.token_latency = token_latency
         #: Like Auth0's tenant setting: used when a token request has no audience.
@@ -269,12 +296,119 @@ class FakeTokenServer(LoopbackServer):
             self.token_requests.clear()
             self._received.clear()
 
+    # ------------------------------------------------------------------ quota and rate limit
+    @property
+    def enforce_token_limits(self) -> bool:
+        """Whether a used-up quota or rate limit gets a 429 (else the token is issued
+        anyway and the headers say ``r=0`` / ``x-ratelimit-remaining: 0``)."""
+        return self._limits.enforce
+
+    @enforce_token_limits.setter
+    def enforce_token_limits(self, enforce: bool) -> None:
+        self._limits.enforce = bool(enforce)
+
+    @property
+    def token_limits_clock(self) -> Callable[[], float]:
+        """Time source (epoch seconds) of the quota and rate-limit windows.
+
+        Defaults to ``time.time``; set a fixed or stepping clock for exact ``t``,
+        ``x-ratelimit-reset`` and ``Retry-After`` values, or to move past a window.
+        Token ``iat``/``exp`` keep using the real time.
+        """
+        return self._limits.clock
+
+    @token_limits_clock.setter
+    def token_limits_clock(self, clock: Callable[[], float]) -> None:
+        self._limits.clock = clock
+
+    def set_token_quota(self, quota: Mapping[str, int], *, client_id: str | None = None) -> None:
+        """Set Auth0's token quota, e.g. ``{"per_hour": 10, "per_day": 100}``.
+
+        With ``client_id``, for that client only; without, for every client that has
+        no quota of its own. An empty mapping means no quota (to exempt one client).
+        Buckets are :data:`QUOTA_BUCKETS`. Counts already made are kept.
+        """
+        self._limits.set_quota(quota, client_id)
+
+    def clear_token_quota(self, *, client_id: str | None = None) -> None:
+        """Remove one client's own quota (the default applies again), or every quota."""
+        self._limits.clear_quota(client_id)
+
+    def token_quota(self, client_id: str) -> dict[str, int]:
+        """The quota that applies to ``client_id`` (``{}`` when none)."""
+        return self._limits.quota_for(client_id)
+
+    def reset_token_quota(self, client_id: str | None = None) -> None:
+        """Forget issued-token counts, one client's or all: as if new windows had begun."""
+        self._limits.reset_quota(client_id)
+
+    def token_quota_usage(self, client_id: str) -> dict[str, int]:
+        """Tokens issued over HTTP to ``client_id`` in the current window of each bucket.
+
+        Counted whether a quota is set or not; refused (429) requests do not count.
+        """
+        return self._limits.quota_usage(client_id)
+
+    def set_token_rate_limit(self, limit: int, *, window: int = 60) -> None:
+        """Allow ``limit`` token requests per ``window`` seconds, all clients together.
+
+        Every token request the fake answers itself (not a queued fault) counts and
+        gets ``x-ratelimit-limit``, ``x-ratelimit-remaining`` and ``x-ratelimit-reset``.
+        """
+        self._limits.set_rate_limit(limit, window)
+
+    def clear_token_rate_limit(self) -> None:
+        """No rate limit and no ``x-ratelimit-*`` headers any more."""
+        self._limits.clear_rate_limit()
+
+    def reset_token_rate_limit(self) -> None:
+        """Forget the requests counted in the current rate-limit window."""
+        self._limits.reset_rate_limit()
+
+    def token_rate_limit_usage(self) -> int:
+        """Token requests counted in the current rate-limit window."""
+        return self._limits.rate_limit_usage()
+
+    def set_token_response_headers(
+        self, headers: Mapping[str, str] | Iterable[tuple[str, str]]
+    ) -> None:
+        """Add these headers, verbatim, to every token answer (faults included).
+
+        For parser robustness tests: they replace headers of the same name the fake
+        would send (e.g. a malformed ``Auth0-Client-Quota-Limit``); ``(name, value)``
+        pairs may repeat a name to send a header twice.
+        """
+        pairs = validate_headers(headers)
+        with self._lock:
+            self._extra_headers = pairs
+
+    def clear_token_response_headers(self) -> None:
+        """Stop adding extra headers to token answers."""
+        with self._lock:
+            self._extra_headers = ()
+
     # ------------------------------------------------------------------ HTTP
     def _route(self, handler: Handler, path: str, body: bytes) -> None:
         if is_token_path(path):
             self._handle_token(handler, body)
         else:
             handler.send(404, _oauth_error("not_found", f"No route for {path}"))
+
+    def _send_token(
+        self,
+        handler: Handler,
+        status: int,
+        body: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        """Send a token answer with the extra headers, which replace same-named ones."""
+        with self._lock:
+            extra = self._extra_headers
+        replaced = {name.lower() for name, _ in extra}
+        pairs = [(k, v) for k, v in (headers or {}).items() if k.lower() not in replaced]
+        handler.send(status, body, content_type=content_type, headers=[*pairs, *extra])
 
     # ------------------------------------------------------------------ /oauth/token
     def _handle_token(self, handler: Handler, body: bytes) -> None:
@@ -292,7 +426,8 @@ class FakeTokenServer(LoopbackServer):
             self._received.append(entry["client_id"])
         if handler.command != "POST":
             self._log_token(entry, 405, "invalid_request")
-            handler.send(
+            self._send_token(
+                handler,
                 405,
                 {"error": "invalid_request", "error_description": "Method not allowed"},
                 headers={"Allow": "POST"},
@@ -304,17 +439,26 @@ class FakeTokenServer(LoopbackServer):
             credentials = (None, None) if parse_error else (auth_client_id, auth_secret)
             self._serve_fault(handler, entry, params, *fault, credentials=credentials)
             return
+        # Auth0 counts every request against its rate limit, valid or not.
+        rate = self._limits.admit_request()
         try:
+            if rate.retry_after is not None:
+                raise ReplyError(
+                    429,
+                    _oauth_error("too_many_requests", "Global limit has been reached"),
+                    headers={"Retry-After": str(rate.retry_after)},
+                )
             if parse_error:
                 raise ReplyError(400, _oauth_error("invalid_request", parse_error))
-            status, payload = self._token_response(params, auth_client_id, auth_secret)
+            status, payload, headers = self._token_response(params, auth_client_id, auth_secret)
         except ReplyError as reply:
             error = reply.body.get("error") if isinstance(reply.body, dict) else None
             self._log_token(entry, reply.status, error)
-            handler.send(reply.status, reply.body, headers=_no_store(reply.headers))
+            reply_headers = _no_store({**rate.headers, **reply.headers})
+            self._send_token(handler, reply.status, reply.body, headers=reply_headers)
             return
         self._log_token(entry, status, None)
-        handler.send(status, payload, headers=_no_store())
+        self._send_token(handler, status, payload, headers=_no_store({**rate.headers, **headers}))
 
     def _log_token(self, entry: dict[str, Any], status: int | None, error: str | None) -> None:
         entry["status"] = status
@@ -327,7 +471,8 @@ class FakeTokenServer(LoopbackServer):
         params: dict[str, Any],
         auth_client_id: str | None,
         auth_secret: str | None,
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, body, headers) of a token request that passed its checks, or ReplyError."""
         for name in ("grant_type", "client_id", "client_secret", "audience", "scope"):
             value = params.get(name)
             if value is not None and not isinstance(value, str):
@@ -406,14 +551,22 @@ class FakeTokenServer(LoopbackServer):
             granted = " ".join(requested)
         else:
             granted = " ".join(client.scopes)
+        quota = self._limits.admit_token(client_id)
+        if quota.retry_after is not None:
+            raise ReplyError(
+                429,
+                _oauth_error("too_many_requests", "Quota exceeded"),
+                headers={**quota.headers, "Retry-After": str(quota.retry_after)},
+            )
         lifetime = int(self.token_lifetime)
         token = self._mint(client_id, audience, granted, lifetime)
-        return 200, {
+        body = {
             "access_token": token,
             "token_type": "Bearer",
             "expires_in": lifetime,
             "scope": granted,
         }
+        return 200, body, quota.headers
 
     def _serve_fault(
         self,
@@ -449,16 +602,20 @@ class FakeTokenServer(LoopbackServer):
         if kind == "500":
             body = _oauth_error("server_error", "An unexpected error occurred")
             self._log_token(entry, 500, "server_error")
-            handler.send(500, body, headers=_no_store(extra))
+            self._send_token(handler, 500, body, headers=_no_store(extra))
         elif kind == "502_html":
             self._log_token(entry, 502, "bad_gateway")
-            handler.send(
-                502, _BAD_GATEWAY_HTML, content_type="text/html; charset=utf-8", headers=extra
+            self._send_token(
+                handler,
+                502,
+                _BAD_GATEWAY_HTML,
+                content_type="text/html; charset=utf-8",
+                headers=extra,
             )
         elif kind == "503":
             body = _oauth_error("temporarily_unavailable", "Service Unavailable")
             self._log_token(entry, 503, "temporarily_unavailable")
-            handler.send(503, body, headers=_no_store(extra))
+            self._send_token(handler, 503, body, headers=_no_store(extra))
         elif kind == "429":
             wait = 2 if retry_after is None else retry_after
             headers = {
@@ -469,7 +626,7 @@ class FakeTokenServer(LoopbackServer):
             }
             body = _oauth_error("too_many_requests", "Global limit has been reached")
             self._log_token(entry, 429, "too_many_requests")
-            handler.send(429, body, headers=_no_store(headers))
+            self._send_token(handler, 429, body, headers=_no_store(headers))
         elif kind == "quota_429":
             wait = 3540 if retry_after is None else retry_after
             headers = {
@@ -478,14 +635,14 @@ class FakeTokenServer(LoopbackServer):
             }
             body = _oauth_error("too_many_requests", "Quota exceeded")
             self._log_token(entry, 429, "too_many_requests")
-            handler.send(429, body, headers=_no_store(headers))
+            self._send_token(handler, 429, body, headers=_no_store(headers))
         elif kind == "malformed_json":
             self._log_token(entry, 200, "malformed_json")
-            handler.send(200, b'{"access_token": "eyJ', headers=_no_store())
+            self._send_token(handler, 200, b'{"access_token": "eyJ', headers=_no_store())
         elif kind == "missing_fields":
             self._log_token(entry, 200, "missing_fields")
             body = {"token_type": "Bearer", "expires_in": int(self.token_lifetime)}
-            handler.send(200, body, headers=_no_store())
+            self._send_token(handler, 200, body, headers=_no_store())
         elif kind == "negative_expires":
             client_id = entry["client_id"] or "unknown"
             audience = params.get("audience") if isinstance(params.get("audience"), str) else ""
@@ -494,7 +651,7 @@ class FakeTokenServer(LoopbackServer):
             self._log_token(entry, 200, "negative_expires")
             body = {"access_token": token, "token_type": "Bearer", "expires_in": -5}
             body["scope"] = scope or ""
-            handler.send(200, body, headers=_no_store())
+            self._send_token(handler, 200, body, headers=_no_store())
         else:  # pragma: no cover - guarded by fail_next_token_requests
             raise AssertionError(kind)
 
