@@ -13,6 +13,7 @@ per view call reuses warm connections, and closing a client (or leaving its
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import weakref
@@ -89,26 +90,73 @@ class GetpaidAuth(httpx.Auth):
         snapshot, token = await aservice.acurrent_token(self.tenant, self.environment)
         _apply(request, snapshot, token)
         response = yield request
+        renewed = await self._arenew_after_401(request, response, snapshot, token)
+        if renewed is None:
+            return
+        response = yield request
+        await _asettle_replacement(response, *renewed)
+
+    @sensitive_variables()
+    async def _arenew_after_401(
+        self,
+        request: httpx.Request,
+        response: httpx.Response,
+        snapshot: CredentialSnapshot,
+        token: AccessToken,
+    ) -> tuple[CredentialSnapshot, AccessToken] | None:
+        """After a 401: drop ``token`` if still current and put a new one on ``request``
+        (then to be resent once); None when the answer stands. Shared by the flow above and
+        ``GetpaidAsyncClient``'s fast path, so both follow one rule."""
         if (
             response.status_code != 401
             or request.extensions.get(_RETRIED_401)  # one 401 retry per call (API retries too)
             or not await aservice.amay_refetch_after_401(snapshot, token)
         ):
-            return
+            return None
         await aservice.aforget_if_current(snapshot, token)
         snapshot, token = await aservice.acurrent_token(self.tenant, self.environment)
         _apply(request, snapshot, token)
         request.extensions = {**request.extensions, _RETRIED_401: True}
-        response = yield request
-        if response.status_code == 401:
-            await aservice.areplacement_rejected(snapshot, token)
-        else:
-            await aservice.areplacement_accepted(snapshot)
+        return snapshot, token
+
+
+async def _asettle_replacement(
+    response: httpx.Response, snapshot: CredentialSnapshot, token: AccessToken
+) -> None:
+    """Record whether the token sent after a 401 was accepted (the refetch pause's memory)."""
+    if response.status_code == 401:
+        await aservice.areplacement_rejected(snapshot, token)
+    else:
+        await aservice.areplacement_accepted(snapshot)
 
 
 def _apply(request: httpx.Request, snapshot: CredentialSnapshot, token: AccessToken) -> None:
-    hosts.require_allowed_host(str(request.url), snapshot)
+    url = request.url
+    if (url.scheme, url.netloc, url.userinfo) != _api_origin(snapshot):
+        hosts.require_allowed_host(str(url), snapshot)
     request.headers["Authorization"] = token.authorization
+
+
+# (API URL, allowed hosts) -> (scheme, netloc, userinfo) of the API URL as httpx reads it,
+# or None when the API URL itself is refused (then every URL takes the full check).
+_origins: dict[tuple[str, frozenset[str]], tuple[str, bytes, bytes] | None] = {}
+
+
+def _api_origin(snapshot: CredentialSnapshot) -> tuple[str, bytes, bytes] | None:
+    """The API's own origin, checked once per process: a URL with exactly this scheme,
+    host, port and (empty) userinfo gets ``hosts.refusal``'s answer for the API URL without
+    re-parsing its text (``refusal`` depends on nothing else of a URL)."""
+    key = (snapshot.api_url, snapshot.allowed_hosts)
+    try:
+        return _origins[key]
+    except KeyError:
+        pass
+    base = _base_url(snapshot.api_url)
+    origin = None
+    if hosts.refusal(str(base), snapshot) is None:
+        origin = (base.scheme, base.netloc, base.userinfo)
+    _origins[key] = origin
+    return origin
 
 
 # --- one pool per event loop ---------------------------------------------------------------
@@ -127,22 +175,26 @@ class _LoopTransport(httpx.AsyncBaseTransport):
         """The pool is the loop's, shared by every client: never closed by one of them."""
 
 
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport] = (
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopTransport] = (
     weakref.WeakKeyDictionary()
 )
 _ssl: list[Any] = []
 
 
 def _loop_transport() -> _LoopTransport:
+    """The running loop's transport view, made once per loop and given to all its clients."""
     loop = asyncio.get_running_loop()
-    shared = _pools.get(loop)
-    if shared is None:
+    view = _pools.get(loop)
+    if view is None:
         if not _ssl:  # one SSL context per process (loading CA certificates takes ms)
             _ssl.append(httpx.create_ssl_context())
-        shared = _pools[loop] = httpx.AsyncHTTPTransport(
-            verify=_ssl[0], limits=httpx.Limits(max_connections=100, max_keepalive_connections=64)
+        view = _pools[loop] = _LoopTransport(
+            httpx.AsyncHTTPTransport(
+                verify=_ssl[0],
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=64),
+            )
         )
-    return _LoopTransport(shared)
+    return view
 
 
 _base_urls: dict[str, httpx.URL] = {}
@@ -157,10 +209,34 @@ def _base_url(api_url: str) -> httpx.URL:
     return url
 
 
-def _timeout() -> httpx.Timeout:
-    """API_TIMEOUT (connect, read) as httpx's; writes and pool waits get the read one."""
+class _Unset(httpx.AsyncBaseTransport):
+    """Stands in for the transport while a template is built (each client gets its loop's)."""
+
+
+# (API URL, API_TIMEOUT, User-Agent) -> the attributes httpx's own __init__ gave a client
+_templates: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def _template(api_url: str) -> dict[str, Any]:
+    """What every client of one API URL starts from, built once by httpx's own
+    ``AsyncClient.__init__`` (base URL, timeout, default headers, ...): running that
+    ``__init__`` for every ``aget_session`` was most of its cost (benchmarks/RESULTS.md
+    section 6). API_TIMEOUT is part of the key, so a changed setting gives new clients
+    a new template."""
     connect, read = getpaid_settings.typed.api_timeout
-    return httpx.Timeout(read, connect=connect)
+    key = (api_url, connect, read, USER_AGENT)
+    state = _templates.get(key)
+    if state is None:
+        prototype = httpx.AsyncClient(
+            base_url=_base_url(api_url),
+            timeout=httpx.Timeout(read, connect=connect),  # writes and pool waits: read's
+            headers={"User-Agent": USER_AGENT},
+            transport=_Unset(),
+        )
+        state = _templates[key] = dict(vars(prototype))
+        state["_getpaid_base"] = prototype.base_url
+        state["_getpaid_base_text"] = str(prototype.base_url)
+    return state
 
 
 class GetpaidAsyncClient(httpx.AsyncClient):
@@ -175,6 +251,9 @@ class GetpaidAsyncClient(httpx.AsyncClient):
     httpx's own. Use it with or without ``async with``.
     """
 
+    _getpaid_base: httpx.URL  # the template's base URL object and its text (_merge_url)
+    _getpaid_base_text: str
+
     def __init__(
         self,
         snapshot: CredentialSnapshot,
@@ -183,13 +262,16 @@ class GetpaidAsyncClient(httpx.AsyncClient):
         *,
         raise_errors: bool = False,
     ) -> None:
-        super().__init__(
-            base_url=_base_url(snapshot.api_url),
-            timeout=_timeout(),
-            headers={"User-Agent": USER_AGENT},
-            auth=GetpaidAuth(tenant, environment),
-            transport=_loop_transport(),
-        )
+        # httpx's __init__ ran once for the template; a client is a copy of its state with
+        # its own mutable parts (headers, cookies, event hooks, mounts) and its loop's pool.
+        state = _template(snapshot.api_url)
+        self.__dict__.update(state)
+        self._headers = httpx.Headers(state["_headers"])
+        self._cookies = httpx.Cookies()
+        self._event_hooks = {"request": [], "response": []}
+        self._mounts = dict(state["_mounts"])
+        self._transport = _loop_transport()
+        self._auth = GetpaidAuth(tenant, environment)
         self.tenant = tenant
         self.environment = snapshot.environment
         self.api_url = snapshot.api_url
@@ -198,18 +280,36 @@ class GetpaidAsyncClient(httpx.AsyncClient):
     def __repr__(self) -> str:
         return f"<GetpaidAsyncClient tenant={self.tenant!r} environment={self.environment!r}>"
 
+    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
+        """A relative path ("/v2/...") joined to the API URL's text and parsed once; httpx
+        parses the path alone and then the merged URL again. Same result (the base ends
+        in "/", so the path cannot change the host); anything else is httpx's merge."""
+        if (
+            isinstance(url, str)
+            and url[:1] == "/"
+            and url[1:2] != "/"
+            and "#" not in url
+            and self._base_url is self._getpaid_base
+        ):
+            return httpx.URL(self._getpaid_base_text + url[1:])
+        return super()._merge_url(url)
+
     @sensitive_variables()
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         """Send with the idempotency key, retries and errors described above."""
         started = time.monotonic()
         method = request.method.upper()
-        has_key = api_rules.ensure_idempotency_key(method, request.headers) is not None
-        typed = getpaid_settings.typed
+        # httpx headers match names in any letter case: a key is there or, for a POST, added
+        has_key = api_rules.IDEMPOTENCY_HEADER in request.headers or (
+            method == "POST"
+            and api_rules.ensure_idempotency_key(method, request.headers) is not None
+        )
         attempts = 0
         failed: list[str] = []
-        while True:
-            attempts += 1
-            rules: dict[str, Any] = {
+
+        def rules() -> dict[str, Any]:
+            typed = getpaid_settings.typed
+            return {
                 "has_key": has_key,
                 "retry": attempts - 1,
                 "retries": typed.api_retries,
@@ -219,45 +319,113 @@ class GetpaidAsyncClient(httpx.AsyncClient):
                 "max_retry_after": typed.max_retry_after,
                 "jitter": random.random(),  # noqa: S311  (jitter, not a secret)
             }
+
+        while True:
+            attempts += 1
             try:
                 response = await super().send(request, **kwargs)
             except httpx.HTTPError as exc:
-                delay = api_rules.retry_delay(method, exc=exc, **rules)
+                delay = api_rules.retry_delay(method, exc=exc, **rules())
                 if delay is None or not _replayable(request):
                     exc.getpaid_attempts = attempts  # type: ignore[attr-defined]
                     exc.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
-                    api_rules.log_call(
-                        method, str(request.url), type(exc).__name__, None, attempts, started
-                    )
+                    if _debug():
+                        api_rules.log_call(
+                            method, str(request.url), type(exc).__name__, None, attempts, started
+                        )
                     raise
+                if _debug():
+                    api_rules.log_retry(
+                        method, str(request.url), type(exc).__name__, attempts, delay
+                    )
             else:
-                delay = api_rules.retry_delay(
-                    method, status=response.status_code, headers=response.headers, **rules
-                )
-                failed.extend(
-                    trace
-                    for earlier in response.history
-                    if earlier.status_code >= 400
-                    and (trace := api_rules.trace_id(earlier.headers)) is not None
-                )
+                delay = None  # an answer below 400 is never retried (status_is_retryable)
+                if response.status_code >= 400:
+                    delay = api_rules.retry_delay(
+                        method, status=response.status_code, headers=response.headers, **rules()
+                    )
+                if response.history:
+                    failed.extend(
+                        trace
+                        for earlier in response.history
+                        if earlier.status_code >= 400
+                        and (trace := api_rules.trace_id(earlier.headers)) is not None
+                    )
                 if delay is None or not _replayable(request):
                     break
                 trace = api_rules.trace_id(response.headers)
                 if trace is not None:
                     failed.append(trace)
+                if _debug():
+                    api_rules.log_retry(
+                        method, str(request.url), str(response.status_code), attempts, delay
+                    )
                 await response.aclose()
             await asyncio.sleep(delay)
         response.getpaid_attempts = attempts  # type: ignore[attr-defined]
         response.getpaid_failed_trace_ids = tuple(failed)  # type: ignore[attr-defined]
-        trace = api_rules.trace_id(response.headers)
-        api_rules.log_call(
-            method, str(request.url), str(response.status_code), trace, attempts, started
-        )
+        if _debug():
+            api_rules.log_call(
+                method,
+                str(request.url),
+                str(response.status_code),
+                api_rules.trace_id(response.headers),
+                attempts,
+                started,
+            )
         if self.raise_errors and response.status_code >= 400:
             error = await aapi_error(response)
             if error is not None:
                 raise error
         return response
+
+    @sensitive_variables()
+    async def _send_handling_auth(
+        self,
+        request: httpx.Request,
+        auth: httpx.Auth,
+        follow_redirects: bool,
+        history: list[httpx.Response],
+    ) -> httpx.Response:
+        """``GetpaidAuth``'s flow without driving an async generator per request (the
+        client's own auth only; any other auth, e.g. passed per request, goes through
+        httpx). Same steps, same order: token, host check, send; on a 401 the flow's own
+        ``_arenew_after_401`` decides, the 401 answer is read into the history and the
+        request resent once. Overrides httpx's private hook (the same signature in httpx
+        0.27 and 0.28; the 401 tests drive it against the installed httpx)."""
+        if type(auth) is not GetpaidAuth:
+            return await super()._send_handling_auth(request, auth, follow_redirects, history)
+        snapshot, token = await aservice.acurrent_token(auth.tenant, auth.environment)
+        _apply(request, snapshot, token)
+        response = await self._send_handling_redirects(
+            request, follow_redirects=follow_redirects, history=history
+        )
+        if response.status_code != 401:
+            return response
+        try:
+            renewed = await auth._arenew_after_401(request, response, snapshot, token)
+            if renewed is None:
+                return response
+            response.history = list(history)
+            await response.aread()
+            history.append(response)
+        except BaseException:
+            await response.aclose()
+            raise
+        response = await self._send_handling_redirects(
+            request, follow_redirects=follow_redirects, history=history
+        )
+        try:
+            await _asettle_replacement(response, *renewed)
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
+
+
+def _debug() -> bool:
+    """The API logger logs DEBUG: only then is a URL turned into text for a log line."""
+    return api_rules.api_logger.isEnabledFor(logging.DEBUG)
 
 
 def _replayable(request: httpx.Request) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 import uuid
 
 import httpx
@@ -68,7 +69,7 @@ def test_clients_of_one_loop_share_the_pool(tenant, fake_getpaid_settings):
             await client.get("/v2/payments/pay_asess-client_1")
             transports.add(id(client._transport._shared))
             await client.aclose()
-        shared = asession._pools[asyncio.get_running_loop()]
+        shared = asession._pools[asyncio.get_running_loop()]._shared
         return transports, len(shared._pool.connections)
 
     transports, connections = run(main())
@@ -300,3 +301,163 @@ def test_a_real_redis_that_is_down_keeps_async_calls_working(
     assert statuses == [200] * 5 and token.value
     assert fake_getpaid_settings.token_request_count("asess-client") == 1
     assert "fetching getpaid tokens per process" in all_logs.text
+
+
+def _retry_lines(records) -> list[str]:
+    """The API logger's per-retry lines, the wait (jittered) left out."""
+    return [
+        r.getMessage().rsplit(";", 1)[0]
+        for r in records
+        if r.name == "django_getpaid_auth.api" and "retrying in" in r.getMessage()
+    ]
+
+
+def test_each_retry_logs_the_sync_sessions_debug_line(
+    tenant, fake_getpaid_settings, canary, all_logs
+):
+    from django_getpaid_auth import get_session
+
+    fake_getpaid_settings.fail_next_api_requests("503")
+    fake_getpaid_settings.fail_next_api_requests("503")
+    assert get_session("asess").post("/v2/payments/query", json={}).status_code == 200
+    sync_lines = _retry_lines(all_logs.records)
+    all_logs.clear()
+
+    async def main():
+        client = await aget_session("asess")
+        return await client.post("/v2/payments/query", json={})
+
+    fake_getpaid_settings.fail_next_api_requests("503")
+    fake_getpaid_settings.fail_next_api_requests("503")
+    response = run(main())
+    assert response.status_code == 200 and response.getpaid_attempts == 3
+    async_lines = _retry_lines(all_logs.records)
+    path = urllib.parse.urlsplit(fake_getpaid_settings.api_url("sandbox")).path.rstrip("/")
+    assert async_lines == [
+        f"getpaid API POST {path}/v2/payments/query: 503 on attempt 1",
+        f"getpaid API POST {path}/v2/payments/query: 503 on attempt 2",
+    ]
+    assert async_lines == sync_lines
+    token = get_token("asess").value
+    assert canary not in all_logs.text and token not in all_logs.text
+
+
+def test_a_failed_connection_is_logged_before_its_retry(tenant, fake_getpaid_settings, all_logs):
+    fake_getpaid_settings.fail_next_api_requests("reset")
+
+    async def main():
+        client = await aget_session("asess")
+        return await client.get("/v2/payments/pay_asess-client_1")
+
+    assert run(main()).status_code == 200
+    (line,) = _retry_lines(all_logs.records)
+    path = urllib.parse.urlsplit(fake_getpaid_settings.api_url("sandbox")).path.rstrip("/")
+    assert line.startswith(f"getpaid API GET {path}/v2/payments/pay_asess-client_1: ")
+    assert line.endswith(" on attempt 1")
+
+
+def test_clients_share_no_headers_cookies_or_hooks(tenant, fake_getpaid_settings):
+    seen: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        seen.append(request.headers.get("X-Mine", "-"))
+
+    async def main():
+        first = await aget_session("asess")
+        first.headers["X-Mine"] = "first"
+        first.cookies.set("mine", "first")
+        first.event_hooks["request"].append(hook)
+        second = await aget_session("asess")
+        assert "X-Mine" not in second.headers and not second.cookies
+        assert second.event_hooks == {"request": [], "response": []}
+        await first.get("/v2/payments/pay_asess-client_1")
+        await second.get("/v2/payments/pay_asess-client_1")
+        return first, second
+
+    first, second = run(main())
+    assert seen == ["first"]  # only the first client's hook ran, with its own header
+    assert first.headers["User-Agent"] == second.headers["User-Agent"] == USER_AGENT
+
+
+def test_a_changed_api_timeout_reaches_new_clients(tenant, settings):
+    async def timeout():
+        return (await aget_session("asess")).timeout
+
+    before = run(timeout())
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "API_TIMEOUT": (2.5, 7.5)}
+    after = run(timeout())
+    assert (after.connect, after.read, after.write, after.pool) == (2.5, 7.5, 7.5, 7.5)
+    assert (before.connect, before.read) != (2.5, 7.5)
+
+
+# Relative URLs the client merges itself must come out exactly as httpx's own merge would.
+TRICKY_PATHS = [
+    "/v2/payments",
+    "/",
+    "",
+    "v2/payments",
+    "/v2/pay ment?q=a b&r=é",
+    "/v2/%41%zz/%2F",
+    "/v2/a?next=/b?c#frag",
+    "/v2/a#frag",
+    "/v2/../x",
+    "/../../x",
+    "/./x",
+    "/.hidden",
+    "//evil.example/x",
+    "/\\evil.example/x",
+    "/@evil.example/x",
+    "/:1/x",
+    "/v2/é/ü?ß",
+    "https://elsewhere.example/v2",
+]
+
+
+@pytest.mark.parametrize("api_url", ["https://api.example.test", "http://127.0.0.1:8/base/"])
+def test_relative_urls_merge_exactly_as_httpx_does(tenant, settings, api_url):
+    from hypothesis import given
+    from hypothesis import settings as hsettings
+    from hypothesis import strategies as st
+
+    environments = dict(settings.GETPAID_AUTH["ENVIRONMENTS"])
+    environments["sandbox"] = {**environments["sandbox"], "API_URL": api_url}
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "ENVIRONMENTS": environments}
+    client = run(aget_session("asess"))
+    plain = httpx.AsyncClient(base_url=api_url)
+
+    def outcome(of: httpx.AsyncClient, path: str) -> str:
+        try:
+            return str(of.build_request("GET", path).url)
+        except Exception as exc:  # both must refuse the same paths the same way
+            return type(exc).__name__
+
+    for path in TRICKY_PATHS:
+        assert outcome(client, path) == outcome(plain, path), path
+
+    @hsettings(max_examples=300, deadline=None)
+    @given(st.text(max_size=30).map(lambda text: "/" + text))
+    def same(path: str) -> None:
+        assert outcome(client, path) == outcome(plain, path)
+
+    same()
+
+
+def test_getpaid_auth_retries_a_401_on_a_users_own_async_client(tenant, fake_getpaid_settings):
+    first = get_token("asess")
+    fake_getpaid_settings.revoke_tokens()
+    base = fake_getpaid_settings.api_url("sandbox")
+
+    async def main():
+        async with httpx.AsyncClient(auth=GetpaidAuth(tenant), base_url=base) as client:
+            return await client.post(  # a plain client adds no key: the fake wants one
+                "/v2/payments/query",
+                json={"status": "paid"},
+                headers={"Getpaid-Idempotency-Key": str(uuid.uuid4())},
+            )
+
+    response = run(main())
+    assert response.status_code == 200
+    assert [r.status_code for r in response.history] == [401]
+    assert json.loads(response.request.content) == {"status": "paid"}
+    assert response.request.headers["Authorization"] != first.authorization
+    assert fake_getpaid_settings.token_request_count("asess-client") == 2
