@@ -258,3 +258,50 @@ def test_rate_limit_is_remembered_for_sync_and_async(tenant, fake_getpaid_settin
     with pytest.raises(RateLimitedError):
         get_token("async")
     assert fake_getpaid_settings.token_requests_received("async-client") == 1
+
+
+def test_coroutines_share_one_reread_when_the_memo_expires(
+    tenant, fake_getpaid_settings, monkeypatch
+):
+    first = asyncio.run(aget_token("async"))
+    reads = []
+    original = service.read_cached
+    monkeypatch.setattr(service, "read_cached", lambda *args: reads.append(args) or original(*args))
+    service.clear_memo()  # what LOCAL_CACHE_TIMEOUT's expiry does
+
+    async def main():
+        tokens = await asyncio.gather(*(aget_token("async") for _ in range(100)))
+        again = await aget_token("async")  # the memo is back: no further read
+        return tokens, again
+
+    tokens, again = asyncio.run(main())
+    assert {t.value for t in tokens} == {again.value} == {first.value}
+    assert len(reads) == 1  # one cache re-read for 100 coroutines, not one each
+    assert count(fake_getpaid_settings) == 1
+
+
+def test_a_failed_reread_reaches_every_waiter_and_is_not_kept(
+    tenant, fake_getpaid_settings, monkeypatch
+):
+    asyncio.run(aget_token("async"))
+    fail = [True]
+    original = service.read_cached
+
+    def read_cached(*args):
+        if fail[0]:
+            raise ConnectionRefusedError("simulated")  # not a cache error: it propagates
+        return original(*args)
+
+    monkeypatch.setattr(service, "read_cached", read_cached)
+    service.clear_memo()
+
+    async def main():
+        results = await asyncio.gather(
+            *(aget_token("async") for _ in range(10)), return_exceptions=True
+        )
+        fail[0] = False
+        return results, await aget_token("async")  # a new re-read, not the failed one
+
+    results, token = asyncio.run(main())
+    assert all(isinstance(r, ConnectionRefusedError) for r in results)
+    assert token.value
