@@ -285,3 +285,5 @@ def reset() -> None:
     credentials.clear_local_snapshots()
     token_store.clear_decrypted()
     cache_backend.clear_fallback()
+    usage.forget_used_writes()
+    telemetry.reset()
