@@ -29,6 +29,7 @@ ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "demo-admin"  # a local demo on loopback; printed below
 SCOPES = "payments:read payments:read_write"  # list payments, create test payments
 HOST = "127.0.0.1"
+DEMO_TOKEN_QUOTA = {"per_hour": 100, "per_day": 1000}
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,9 @@ class Command(BaseCommand):
     def _start_fake(self, port: int, secrets_by_client: dict[str, str]) -> FakeGetpaid:
         """Start the fake in a daemon thread and point this process's settings at it."""
         try:
-            fake = FakeGetpaid(HOST, port).start()
+            # Auth0-like quota headers on every token answer: the admin's quota column and
+            # getpaid_check's QUOTA column have figures to show.
+            fake = FakeGetpaid(HOST, port, token_quota=DEMO_TOKEN_QUOTA).start()
         except OSError as exc:
             raise CommandError(f"Cannot start the fake getpaid on {HOST}:{port}: {exc}") from exc
         for client_id, secret in secrets_by_client.items():
