@@ -9,6 +9,11 @@ against the same fake getpaid in its own process. Then the SQL queries (any thre
 cache round trips of 100 warm ``aget_session`` calls, and of 100 warm ``aget_session`` +
 GET.
 
+Part "client" (one process, no network): the client-side CPU per request, with every
+library's transport answering a canned 200 in memory: the floor vs ``aget_session`` + GET,
+a reused ``GetpaidAsyncClient`` and ``aget_session`` alone (best of 7 x 3,000). What is
+left of the warm-path gap is client CPU; this part shows how much.
+
 Part "expiry": P processes x C coroutines call the API continuously for DURATION seconds
 across several token expiries (lifetime L), token endpoint 300 ms, one fresh fake per
 library. Ours: ``aget_session`` per request, Redis shared by the processes. Authlib and
@@ -17,7 +22,7 @@ client_credentials client; one per request would fetch a token per request). Fig
 token requests counted at the fake, latency, and the worst lateness of a 5 ms heartbeat
 coroutine in each process (how long the event loop was blocked).
 
-    python benchmarks/bench_async.py [--part warm|expiry|all] [--cache locmem|redis]
+    python benchmarks/bench_async.py [--part warm|client|expiry|all] [--cache locmem|redis]
         [--requests 400] [--rounds 10] [--processes 4] [--coroutines 100]
         [--lifetime 10] [--duration 25] [--think 0]
 """
@@ -208,6 +213,63 @@ def run_warm(args: argparse.Namespace) -> None:
         server.close()
 
 
+async def client_side() -> None:
+    import httpx
+
+    from django_getpaid_auth import aget_session, asession
+
+    class Canned(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, headers={"Content-Type": "application/json"}, content=b"{}")
+
+    first = await aget_session("bench-0")
+    assert (await first.get("/v2/ping")).status_code == 200  # the token, over the network
+    asession._pools[asyncio.get_running_loop()]._shared = Canned()  # this loop's pool
+    floor = httpx.AsyncClient(headers={"Authorization": "Bearer x"}, transport=Canned())
+    url = first.api_url.rstrip("/") + "/v2/ping"
+
+    async def floor_get() -> Any:
+        return await floor.get(url)
+
+    async def ours_get() -> Any:
+        return await (await aget_session("bench-0")).get("/v2/ping")
+
+    async def reused_get() -> Any:
+        return await first.get("/v2/ping")
+
+    async def session_only() -> Any:
+        return await aget_session("bench-0")
+
+    cases = {
+        "floor": floor_get,
+        "ours (aget_session + GET)": ours_get,
+        "ours, one client reused": reused_get,
+        "aget_session alone": session_only,
+    }
+    best: dict[str, float] = {}
+    for name, call in cases.items():
+        best[name] = float("inf")
+        for _ in range(7):
+            started = time.perf_counter()
+            for _ in range(3000):
+                await call()
+            best[name] = min(best[name], (time.perf_counter() - started) / 3000)
+    print("# async client side: canned in-memory answers, best of 7 x 3,000")
+    print(f"# {machine()}")
+    for name, value in best.items():
+        print(f"{name:<28}{value * 1e6:>8.1f} us{value / best['floor']:>8.3f}")
+
+
+def run_client(args: argparse.Namespace) -> None:
+    server = FakeServer()
+    try:
+        configure_django(cache=args.cache, server=server)
+        create_tenants(1)
+        asyncio.run(client_side())
+    finally:
+        server.close()
+
+
 def run_expiry_library(library: str, args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.bench_expiry import prepare_database
 
@@ -293,7 +355,7 @@ def run_expiry(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["warm", "expiry", "all"], default="all")
+    parser.add_argument("--part", choices=["warm", "client", "expiry", "all"], default="all")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--cache", choices=["locmem", "redis"], default="locmem")
@@ -308,6 +370,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.part in ("warm", "all"):
         run_warm(args)
+    if args.part == "client":
+        run_client(args)
     if args.part in ("expiry", "all"):
         run_expiry(args)
 
