@@ -2,9 +2,10 @@
 
 What the admin must never do: show a client secret or a token, in a page, its HTML, a
 form error or the history. The secret is write-only (see ``forms.py``); tokens are only
-described by their expiry. The list reads every row's cached token state in one cache
-round trip per page, and a credential whose secret cannot be decrypted still lists,
-opens and reports the problem instead of failing with a 500.
+described by their expiry. The list reads every row's cached token state and Auth0 quota
+figures in one cache round trip per page (never a token request), and a credential whose
+secret cannot be decrypted still lists, opens and reports the problem instead of failing
+with a 500.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from django.http import HttpRequest
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.timesince import timesince
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import override as translation_override
@@ -40,6 +42,7 @@ from .forms import (
     InlineClientCredentialForm,
 )
 from .models import ClientCredential, Tenant, get_tenant_model, mask
+from .quota import LOW_FRACTION, QuotaBucket, QuotaReport, RateLimit
 from .scopes import KNOWN_SCOPES, split_scopes
 from .tokens import from_timestamp
 
@@ -90,40 +93,68 @@ class TokenState:
     last_error: str = ""
 
 
-def token_states(rows: list[ClientCredential]) -> dict[Any, TokenState]:
-    """Token state of every row, with ONE cache ``get_many`` for all of them.
+@dataclass(frozen=True)
+class RowState:
+    """Everything the admin shows from the cache about one credential."""
 
-    The token store reads the token entries (expiry only, nothing decrypted) and the
-    failure memory (the last token error, still in its back-off window) together, and
-    treats anything malformed in the cache as absent.
+    token: TokenState
+    cached: service.CachedState | None = None  # None: the row cannot be read (bad secret/config)
+
+
+def row_states(rows: list[ClientCredential]) -> dict[Any, RowState]:
+    """Token state and usage of every row, with ONE cache ``get_many`` for all of them.
+
+    The token store reads the token entries (expiry only, nothing decrypted), the
+    failure memory (the last token error, still in its back-off window) and the usage
+    figures (quota, requests this hour, last use) together, and treats anything
+    malformed in the cache as absent.
     """
-    states: dict[Any, TokenState] = {}
+    states: dict[Any, RowState] = {}
     snapshots = []
     for row in rows:
         problem = secret_problem(row)
         if problem:
-            states[row.pk] = TokenState("error", error=problem)
+            states[row.pk] = RowState(TokenState("error", error=problem))
             continue
         try:
             snapshots.append(service.snapshot_of(row))
         except GetpaidAuthError as exc:
-            states[row.pk] = TokenState("error", error=str(exc))
+            states[row.pk] = RowState(TokenState("error", error=str(exc)))
     now = clock.now()
     for pk, cached in service.cached_states(snapshots).items():
-        last_error = str(cached.failure) if cached.failure is not None else ""
-        if cached.expires_at is None or cached.usable_until is None:
-            states[pk] = TokenState("none", last_error=last_error)
-        elif now >= cached.usable_until:
-            states[pk] = TokenState("expired", expires_at=from_timestamp(cached.expires_at))
-        else:
-            states[pk] = TokenState(
-                "valid",
-                expires_at=from_timestamp(cached.expires_at),
-                remaining=cached.expires_at - now,
-                refresh_due=cached.refresh_at is not None and now >= cached.refresh_at,
-                last_error=last_error,
-            )
+        states[pk] = RowState(_token_state(cached, now), cached)
     return states
+
+
+def _token_state(cached: service.CachedState, now: float) -> TokenState:
+    last_error = str(cached.failure) if cached.failure is not None else ""
+    if cached.expires_at is None or cached.usable_until is None:
+        return TokenState("none", last_error=last_error)
+    if now >= cached.usable_until:
+        return TokenState("expired", expires_at=from_timestamp(cached.expires_at))
+    return TokenState(
+        "valid",
+        expires_at=from_timestamp(cached.expires_at),
+        remaining=cached.expires_at - now,
+        refresh_due=cached.refresh_at is not None and now >= cached.refresh_at,
+        last_error=last_error,
+    )
+
+
+def row_state_of(obj: ClientCredential) -> RowState:
+    """The row's state as the change list computed it, or read alone for this call."""
+    state = getattr(obj, "_getpaid_row_state", None)
+    return state if isinstance(state, RowState) else row_states([obj])[obj.pk]
+
+
+def detail_state_of(obj: ClientCredential) -> RowState:
+    """The change page's state: read once and kept on the instance, so its read-only
+    fields (token, quota, usage) share one cache read."""
+    state = getattr(obj, "_getpaid_detail_state", None)
+    if not isinstance(state, RowState):
+        state = row_states([obj])[obj.pk]
+        obj._getpaid_detail_state = state  # type: ignore[attr-defined]
+    return state
 
 
 def format_remaining(seconds: float) -> str:
@@ -179,6 +210,180 @@ def render_token_state(state: TokenState) -> SafeString:
 
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- quota and usage (Auth0's figures from the last token answer) -----------------------
+
+QUOTA = "gpa-quota"
+QUOTA_LOW = "gpa-quota gpa-quota-low"
+QUOTA_STALE = "gpa-quota gpa-quota-stale"
+# Shortest window first: the hour's quota runs out before the day's.
+_BUCKET_ORDER = {"per_minute": 0, "per_hour": 1, "per_day": 2}
+
+
+def ordered_buckets(report: QuotaReport) -> list[QuotaBucket]:
+    return sorted(report.buckets, key=lambda b: (_BUCKET_ORDER.get(b.name, 3), b.name))
+
+
+def _moment(epoch: float) -> str:
+    return format_moment(from_timestamp(epoch))
+
+
+def _bucket_line(bucket: QuotaBucket, report: QuotaReport, now: float) -> tuple[str, str, str]:
+    """(CSS class, hover title, text) of one bucket: low, current or stale."""
+    seen = _moment(report.seen_at)
+    if bucket.resets_at <= now:  # the window reset after the figures were seen
+        return (
+            QUOTA_STALE,
+            gettext("Seen at %(seen)s; the window reset at %(reset)s, so these are stale.")
+            % {"seen": seen, "reset": _moment(bucket.resets_at)},
+            gettext("%(figures)s (stale: reset since seen)") % {"figures": bucket.describe()},
+        )
+    return (
+        QUOTA_LOW if bucket.is_low else QUOTA,
+        gettext("Seen at %(seen)s; resets at %(reset)s (in %(remaining)s).")
+        % {
+            "seen": seen,
+            "reset": _moment(bucket.resets_at),
+            "remaining": format_remaining(bucket.resets_at - now),
+        },
+        bucket.describe(),
+    )
+
+
+def _rate_limit_text(rate_limit: RateLimit) -> str:
+    return gettext("rate limit: %(remaining)d of %(limit)d left") % {
+        "remaining": rate_limit.remaining,
+        "limit": rate_limit.limit,
+    }
+
+
+def render_quota(cached: service.CachedState | None, now: float) -> SafeString:
+    """The list's quota column: one line per bucket, the hour first; low ones coloured."""
+    if cached is None:  # the row cannot be read (its secret or settings are the problem)
+        return format_html('<span class="gpa-muted">{}</span>', "—")
+    report = cached.usage.quota
+    if report is None:
+        return format_html(
+            '<span class="gpa-muted" title="{}">{}</span>',
+            gettext("No quota figures yet: they come with the next token answer."),
+            gettext("not seen yet"),
+        )
+    lines = [_bucket_line(b, report, now) for b in ordered_buckets(report)]
+    if not lines and report.rate_limit is not None:  # an answer with only a rate limit
+        rate_limit = report.rate_limit
+        stale = rate_limit.resets_at is not None and rate_limit.resets_at <= now
+        text = _rate_limit_text(rate_limit)
+        lines.append(
+            (
+                QUOTA_STALE if stale else QUOTA,
+                gettext("Seen at %(seen)s.") % {"seen": _moment(report.seen_at)},
+                gettext("%(figures)s (stale: reset since seen)") % {"figures": text}
+                if stale
+                else text,
+            )
+        )
+    return format_html_join("", '<span class="{}" title="{}">{}</span>', lines)
+
+
+def render_quota_buckets(cached: service.CachedState | None, now: float) -> SafeString:
+    """The change page: every bucket with remaining/limit and its reset time."""
+    report = cached.usage.quota if cached is not None else None
+    if report is None or not report.buckets:
+        return format_html(
+            '<span class="gpa-muted">{}</span>',
+            gettext("No quota figures seen yet."),
+        )
+    rows = []
+    for bucket in ordered_buckets(report):
+        css, _title, text = _bucket_line(bucket, report, now)
+        if bucket.resets_at <= now:
+            when = gettext("reset at %(when)s, after these figures were seen") % {
+                "when": _moment(bucket.resets_at)
+            }
+        else:
+            when = gettext("resets at %(when)s (in %(remaining)s)") % {
+                "when": _moment(bucket.resets_at),
+                "remaining": format_remaining(bucket.resets_at - now),
+            }
+        low = ""
+        if bucket.is_low and bucket.resets_at > now:
+            low = gettext("under %(percent)d %% left") % {"percent": round(LOW_FRACTION * 100)}
+        rows.append((bucket.name, css, text, bucket.remaining, bucket.limit, when, low))
+    return format_html(
+        '<table class="gpa-quota-table"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
+        "<th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+        gettext("bucket"),
+        gettext("figures"),
+        gettext("remaining / limit"),
+        gettext("reset"),
+        gettext("alert"),
+        format_html_join(
+            "",
+            '<tr><td><code>{}</code></td><td><span class="{}">{}</span></td>'
+            "<td>{} / {}</td><td>{}</td><td>{}</td></tr>",
+            rows,
+        ),
+    )
+
+
+def render_rate_limit(cached: service.CachedState | None, now: float) -> SafeString:
+    report = cached.usage.quota if cached is not None else None
+    rate_limit = report.rate_limit if report is not None else None
+    if rate_limit is None:
+        return format_html('<span class="gpa-muted">{}</span>', gettext("not seen yet"))
+    if rate_limit.resets_at is None:
+        reset = gettext("reset time not sent")
+    elif rate_limit.resets_at <= now:
+        reset = gettext("reset at %(when)s (stale: reset since seen)") % {
+            "when": _moment(rate_limit.resets_at)
+        }
+    else:
+        reset = gettext("resets at %(when)s (in %(remaining)s)") % {
+            "when": _moment(rate_limit.resets_at),
+            "remaining": format_remaining(rate_limit.resets_at - now),
+        }
+    return format_html(
+        "{}",
+        gettext("limit %(limit)d, %(remaining)d remaining; %(reset)s")
+        % {"limit": rate_limit.limit, "remaining": rate_limit.remaining, "reset": reset},
+    )
+
+
+def _ago(epoch: float, now: float) -> str:
+    """``"2025-01-02 10:00:00 UTC (5 minutes ago)"``."""
+    if now - epoch < 60:
+        return gettext("%(when)s (just now)") % {"when": _moment(epoch)}
+    return gettext("%(when)s (%(ago)s ago)") % {
+        "when": _moment(epoch),
+        "ago": timesince(from_timestamp(epoch), from_timestamp(max(now, epoch))),
+    }
+
+
+def render_quota_seen(cached: service.CachedState | None, now: float) -> SafeString:
+    report = cached.usage.quota if cached is not None else None
+    if report is None:
+        return format_html('<span class="gpa-muted">{}</span>', gettext("never"))
+    answer = gettext("answer HTTP %(status)d") % {"status": report.status}
+    if report.status >= 400:  # a refusal (429: quota or rate limit used up)
+        return format_html(
+            '{} · <span class="gpa-bad">{}</span>', _ago(report.seen_at, now), answer
+        )
+    return format_html("{} · {}", _ago(report.seen_at, now), answer)
+
+
+def render_requests_this_hour(cached: service.CachedState | None) -> SafeString:
+    count = cached.usage.requests_this_hour if cached is not None else None
+    if count is None:
+        return format_html('<span class="gpa-muted">{}</span>', gettext("none counted"))
+    return format_html("{}", count)
+
+
+def render_last_used(cached: service.CachedState | None, now: float) -> SafeString:
+    last_used = cached.usage.last_used if cached is not None else None
+    if last_used is None:
+        return format_html('<span class="gpa-muted">{}</span>', gettext("not recorded"))
+    return format_html("{}", _ago(last_used, now))
 
 
 # --- list filter ------------------------------------------------------------------------
@@ -274,14 +479,15 @@ def tenant_search_fields() -> list[str]:
 
 
 class CredentialChangeList(ChangeList):
-    """Computes the page's token states in one batch, so rows render without cache calls."""
+    """Computes the page's token and usage states in one batch (one cache read), so rows
+    render without cache calls."""
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         rows = list(self.result_list)  # evaluates (and caches) the page's queryset once
-        states = token_states(rows)
+        states = row_states(rows)
         for row in rows:
-            row._getpaid_token_state = states.get(row.pk)
+            row._getpaid_row_state = states.get(row.pk)
 
 
 class SecretPostParametersHidden(admin.ModelAdmin):
@@ -313,6 +519,7 @@ class ClientCredentialAdmin(SecretPostParametersHidden):
         "granted_scopes_display",
         "is_active",
         "token_status",
+        "quota_status",
         "last_check",
     ]
     list_filter = ["environment", "is_active", HealthFilter]
@@ -326,6 +533,11 @@ class ClientCredentialAdmin(SecretPostParametersHidden):
         "environment_api_url",
         "token_status_detail",
         "last_check_result",
+        "quota_buckets",
+        "rate_limit",
+        "quota_seen",
+        "token_requests_this_hour",
+        "last_used",
         "created_at",
         "updated_at",
     ]
@@ -367,6 +579,24 @@ class ClientCredentialAdmin(SecretPostParametersHidden):
                             "created_at",
                             "updated_at",
                         ]
+                    },
+                )
+            )
+            fieldsets.append(
+                (
+                    _("Quota and usage"),
+                    {
+                        "fields": [
+                            "quota_buckets",
+                            "rate_limit",
+                            "quota_seen",
+                            "token_requests_this_hour",
+                            "last_used",
+                        ],
+                        "description": _(
+                            "Auth0's figures from the last token answer, shared by every "
+                            "tenant using this client; nothing here requests a token."
+                        ),
                     },
                 )
             )
@@ -430,10 +660,11 @@ class ClientCredentialAdmin(SecretPostParametersHidden):
 
     @admin.display(description=_("token"))
     def token_status(self, obj: ClientCredential) -> SafeString:
-        state = getattr(obj, "_getpaid_token_state", None)
-        if state is None:  # not rendered through the change list: look it up alone
-            state = token_states([obj])[obj.pk]
-        return render_token_state(state)
+        return render_token_state(row_state_of(obj).token)
+
+    @admin.display(description=_("quota"))
+    def quota_status(self, obj: ClientCredential) -> SafeString:
+        return render_quota(row_state_of(obj).cached, clock.now())
 
     @admin.display(description=_("last check"), ordering="last_checked_at")
     def last_check(self, obj: ClientCredential) -> SafeString:
@@ -484,7 +715,27 @@ class ClientCredentialAdmin(SecretPostParametersHidden):
 
     @admin.display(description=_("cached token"))
     def token_status_detail(self, obj: ClientCredential) -> SafeString:
-        return render_token_state(token_states([obj])[obj.pk])
+        return render_token_state(detail_state_of(obj).token)
+
+    @admin.display(description=_("quota buckets"))
+    def quota_buckets(self, obj: ClientCredential) -> SafeString:
+        return render_quota_buckets(detail_state_of(obj).cached, clock.now())
+
+    @admin.display(description=_("rate limit"))
+    def rate_limit(self, obj: ClientCredential) -> SafeString:
+        return render_rate_limit(detail_state_of(obj).cached, clock.now())
+
+    @admin.display(description=_("figures seen"))
+    def quota_seen(self, obj: ClientCredential) -> SafeString:
+        return render_quota_seen(detail_state_of(obj).cached, clock.now())
+
+    @admin.display(description=_("token requests this hour"))
+    def token_requests_this_hour(self, obj: ClientCredential) -> SafeString:
+        return render_requests_this_hour(detail_state_of(obj).cached)
+
+    @admin.display(description=_("last used"))
+    def last_used(self, obj: ClientCredential) -> SafeString:
+        return render_last_used(detail_state_of(obj).cached, clock.now())
 
     @admin.display(description=_("last check"))
     def last_check_result(self, obj: ClientCredential) -> SafeString:

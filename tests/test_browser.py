@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
-from django_getpaid_auth import credentials, token_store
+from django_getpaid_auth import credentials, quota, service, token_store, usage
 from django_getpaid_auth.models import mask
 from django_getpaid_auth.tokens import AccessToken
 from tests.factories import make_credential, make_tenant
@@ -72,6 +73,24 @@ def cache_token(credential, lifetime: int) -> None:
     token_store.store(credentials.snapshot_of(credential, 0), token)
 
 
+def seed_quota(credential, *, hour: int, day: int) -> None:
+    """Record Auth0's figures for ``credential`` as the token store does after an answer."""
+    now = time.time()
+    report = quota.from_headers(
+        {
+            "Auth0-Client-Quota-Limit": f"b=per_hour;q=10;r={hour};t=3000,"
+            f"b=per_day;q=100;r={day};t=80000",
+            "x-ratelimit-limit": "30",
+            "x-ratelimit-remaining": "28",
+            "x-ratelimit-reset": str(int(now) + 600),
+        },
+        status=200,
+        now=now,
+    )
+    assert report is not None
+    usage.record_requests(service.snapshot_of(credential), [report])
+
+
 def test_credentials_admin_in_chromium(transactional_db, live_server, django_user_model, canary):
     sync_playwright = sync_playwright_or_skip()
     # All ORM work happens before Playwright starts its event loop in this thread.
@@ -90,13 +109,15 @@ def test_credentials_admin_in_chromium(transactional_db, live_server, django_use
     make_credential(make_tenant("globex", "Globex"), client_id="globex-client-0003")
     cache_token(sandbox, lifetime=3600)
     cache_token(live, lifetime=900)
+    seed_quota(sandbox, hour=7, day=97)
+    seed_quota(live, hour=1, day=60)  # under 20 % left this hour
     ARTIFACTS.mkdir(exist_ok=True)
     changelist = f"{live_server.url}/admin/django_getpaid_auth/clientcredential/"
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1700, "height": 900})
+            page = browser.new_page(viewport={"width": 1920, "height": 900})
             page.goto(
                 f"{live_server.url}/admin/login/?next=/admin/django_getpaid_auth/clientcredential/"
             )
@@ -117,6 +138,31 @@ def test_credentials_admin_in_chromium(transactional_db, live_server, django_use
             background = live.evaluate("e => getComputedStyle(e).backgroundColor")
             assert background == "rgb(186, 33, 33)"
             assert mask("acme-live-client-0002") in page.content()
+
+            # the quota column: every current bucket, the hour first; the low one coloured
+            quota_cells = page.locator("td.field-quota_status")
+            assert quota_cells.count() == 3
+            texts = sorted(c.inner_text().split("\n") for c in quota_cells.all())
+            assert texts == [
+                ["1 of 10 left this hour", "60 of 100 left today"],
+                ["7 of 10 left this hour", "97 of 100 left today"],
+                ["not seen yet"],
+            ]
+            low = page.locator("td.field-quota_status .gpa-quota-low")
+            assert low.count() == 1
+            assert low.inner_text() == "1 of 10 left this hour"
+            assert low.is_visible()
+            assert low.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(186, 33, 33)"
+            assert low.evaluate("e => getComputedStyle(e).color") == "rgb(255, 255, 255)"
+            fine = page.locator(
+                "td.field-quota_status .gpa-quota", has_text="7 of 10 left this hour"
+            )
+            assert fine.is_visible()
+            assert fine.evaluate("e => getComputedStyle(e).backgroundColor") == "rgba(0, 0, 0, 0)"
+            # one bucket per line: the day's line sits below the hour's
+            hour_box = low.bounding_box()
+            day_box = page.locator(".gpa-quota", has_text="60 of 100").bounding_box()
+            assert hour_box and day_box and day_box["y"] >= hour_box["y"] + hour_box["height"] - 1
             html = page.content()
             assert canary not in html and "BROWSER-TOKEN" not in html
             page.screenshot(path=str(ARTIFACTS / "admin-changelist.png"), full_page=True)
@@ -127,6 +173,11 @@ def test_credentials_admin_in_chromium(transactional_db, live_server, django_use
             assert secret_input.input_value() == ""
             assert page.locator("input[name=known_scopes][value='payments:read']").is_checked()
             assert page.get_by_text("expires in").first.is_visible()
+            block = page.locator("fieldset", has_text="Quota and usage")
+            assert block.is_visible()
+            assert block.get_by_text("7 of 10 left this hour").is_visible()
+            assert block.get_by_text("limit 30, 28 remaining").is_visible()
+            assert "answer HTTP 200" in block.inner_text()
             html = page.content()
             assert canary not in html and "BROWSER-TOKEN" not in html
             page.screenshot(path=str(ARTIFACTS / "admin-change.png"), full_page=True)
