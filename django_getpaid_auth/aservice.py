@@ -28,7 +28,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from . import credentials, service, token_store
+from . import credentials, service, telemetry, token_store, usage
 from .credentials import CredentialSnapshot, TenantRef
 from .exceptions import GetpaidAuthConfigurationError
 from .tokens import AccessToken
@@ -73,15 +73,39 @@ async def acurrent_token(
     tenant: TenantRef | None, environment: str | None, *, force_refresh: bool = False
 ) -> tuple[CredentialSnapshot, AccessToken]:
     """``service.current_token`` for coroutines: the same memo, cache entries and flights."""
+    if telemetry.ENABLED:
+        with telemetry.token_span() as span:
+            snapshot, token = await _acurrent_token(tenant, environment, force_refresh, span)
+            span.describe(snapshot.pk, snapshot.environment)
+            return snapshot, token
+    return await _acurrent_token(tenant, environment, force_refresh, None)
+
+
+async def _acurrent_token(
+    tenant: TenantRef | None, environment: str | None, force_refresh: bool, span: Any
+) -> tuple[CredentialSnapshot, AccessToken]:
     require_httpx()
     tenant = service.tenant_or_current(tenant)
     key = credentials.lookup_key(tenant, environment)
     if force_refresh:
-        return await _aread_through(tenant, environment, key, True)
-    memo = service.memo_hit(key)
-    if memo is not None:
-        return memo  # the warm path: never leaves the loop
-    return await _ajoin_reread(tenant, environment, key)
+        result = await _aread_through(tenant, environment, key, True)
+    else:
+        memo = service.memo_hit(key)
+        if memo is not None:  # the warm path: never leaves the loop
+            if span is not None:
+                span.outcome = "memo"
+            _note_used(memo[0])
+            return memo
+        result = await _ajoin_reread(tenant, environment, key)
+    _note_used(result[0])
+    return result
+
+
+def _note_used(snapshot: CredentialSnapshot) -> None:
+    """Record the use (at most once a minute per process) in a worker thread, without
+    waiting for it: the call that happens to be due is not slowed down."""
+    if usage.used_write_due(snapshot):
+        asyncio.get_running_loop().run_in_executor(None, usage.write_used, snapshot)
 
 
 # event loop -> {lookup key: the task re-reading that credential's token}

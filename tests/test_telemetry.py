@@ -221,3 +221,24 @@ def test_disabled_telemetry_records_nothing(tenant, spans, monkeypatch):
     monkeypatch.setattr(telemetry, "ENABLED", False)
     get_token(tenant)
     assert spans.get_finished_spans() == ()
+
+
+def test_async_calls_get_the_same_spans(tenant, spans):
+    import asyncio
+
+    from django_getpaid_auth import aget_token
+
+    get_session(tenant)  # credential loaded here (SQLite in-memory is not for threads)
+
+    async def main():
+        first = await aget_token(tenant)
+        second = await aget_token(tenant)
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first.value == second.value
+    outcomes = [s.attributes["getpaid.token.outcome"] for s in token_spans(spans)]
+    assert outcomes == ["fetched", "memo"]
+    assert {s.attributes["getpaid.environment"] for s in token_spans(spans)} == {"sandbox"}
+    http = [s for s in spans.get_finished_spans() if s.name == "getpaid_auth.token_request"]
+    assert [s.attributes["http.response.status_code"] for s in http] == [200]

@@ -232,3 +232,27 @@ def test_secret_never_reaches_the_stored_figures(tenant, fake_getpaid_settings, 
     stored = [cache.get(k) for k in usage.keys_of(snapshot, time.time()).values()]
     assert canary not in repr(stored)
     assert canary not in repr(state_of(tenant))
+
+
+def test_async_calls_count_and_mark_use_too(tenant, fake_getpaid_settings):
+    import asyncio
+
+    from django_getpaid_auth import aget_token
+
+    fake_getpaid_settings.set_token_quota({"per_hour": 10})
+    get_session(tenant)  # credential loaded here (SQLite in-memory is not for threads)
+
+    async def main():
+        await aget_token(tenant)
+        await asyncio.sleep(0)
+        await aget_token(tenant)
+
+    asyncio.run(main())
+    for _ in range(100):  # the "last used" write runs in a worker thread, not awaited
+        if state_of(tenant).usage.last_used is not None:
+            break
+        time.sleep(0.01)
+    usage = state_of(tenant).usage
+    assert usage.last_used is not None
+    assert usage.requests_this_hour == 1
+    assert usage.quota.bucket("per_hour").remaining == 9
