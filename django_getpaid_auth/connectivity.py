@@ -3,7 +3,8 @@
 A check fetches a token (fresh unless asked otherwise), compares granted with requested
 scopes, optionally probes the API base URL with the token, and can record the outcome on
 the credential (``last_checked_at``/``last_check_ok``/``last_check_error``) without
-touching its secret or invalidating anything.
+touching its secret or invalidating anything. :func:`add_usage` then adds what the shared
+cache knows of each credential's Auth0 quota and token usage, in one cache read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 import requests
@@ -22,6 +24,7 @@ from . import service
 from .conf import getpaid_settings
 from .exceptions import GetpaidAuthError
 from .models import ClientCredential, mask
+from .quota import QuotaBucket, QuotaReport
 from .user_agent import USER_AGENT
 
 
@@ -42,8 +45,19 @@ class CheckResult:
     error_type: str = ""
     checked_at: datetime = field(default_factory=timezone.now)
     fingerprint: str = ""  # of the token the check obtained (12 hex digits, never the token)
+    # From the shared cache after the check (add_usage); None: nothing known.
+    quota: QuotaReport | None = None  # figures of the last token answer that carried any
+    token_requests_this_hour: int | None = None  # all processes, current clock hour (UTC)
+    last_used: float | None = None  # epoch seconds
 
-    def as_dict(self) -> dict[str, Any]:
+    def current_buckets(self, now: float) -> tuple[QuotaBucket, ...]:
+        """Quota buckets whose figures still hold (their window has not reset since)."""
+        return self.quota.current_buckets(now) if self.quota else ()
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        """JSON-ready (``getpaid_check --json``); ``now`` (epoch) decides which buckets are
+        still current."""
+        now = time.time() if now is None else now
         return {
             "credential_id": self.credential_id,
             "tenant": self.tenant,
@@ -59,7 +73,45 @@ class CheckResult:
             "error": self.error or None,
             "error_type": self.error_type or None,
             "checked_at": self.checked_at.isoformat(),
+            "quota": quota_as_dict(self.quota, now) if self.quota else None,
+            "token_requests_this_hour": self.token_requests_this_hour,
+            "last_used": iso(self.last_used),
         }
+
+
+def iso(epoch: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 in UTC, to the second (None stays None)."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=dt_timezone.utc).isoformat(timespec="seconds")
+
+
+def quota_as_dict(report: QuotaReport, now: float) -> dict[str, Any]:
+    """A QuotaReport with ISO 8601 times, and per bucket whether it is low and current,
+    so a monitoring script need not know the threshold or compare times itself."""
+    rate_limit = report.rate_limit
+    return {
+        "seen_at": iso(report.seen_at),
+        "status": report.status,
+        "buckets": [
+            {
+                "name": bucket.name,
+                "limit": bucket.limit,
+                "remaining": bucket.remaining,
+                "resets_at": iso(bucket.resets_at),
+                "low": bucket.is_low,
+                "current": bucket.resets_at > now,
+            }
+            for bucket in report.buckets
+        ],
+        "rate_limit": None
+        if rate_limit is None
+        else {
+            "limit": rate_limit.limit,
+            "remaining": rate_limit.remaining,
+            "resets_at": iso(rate_limit.resets_at),
+        },
+    }
 
 
 def result_for(
@@ -121,6 +173,27 @@ def check_credential(
             return result
     result.ok = True
     return result
+
+
+def add_usage(results: Iterable[CheckResult], credentials: Iterable[ClientCredential]) -> None:
+    """Fill each result's quota, token_requests_this_hour and last_used from the shared
+    cache: ONE read for all of them, after the checks (so a check's own token answer
+    counts). Unknown or garbled entries stay None; nothing here fails a check."""
+    snapshots = []
+    for credential in credentials:
+        try:
+            snapshots.append(service.snapshot_of(credential))
+        except GetpaidAuthError:
+            continue  # e.g. an environment that is not configured: its check already failed
+    if not snapshots:
+        return
+    states = service.cached_states(snapshots)
+    for result in results:
+        state = states.get(result.credential_id)
+        if state is not None:
+            result.quota = state.usage.quota
+            result.token_requests_this_hour = state.usage.requests_this_hour
+            result.last_used = state.usage.last_used
 
 
 def record_results(results: Iterable[CheckResult]) -> int:

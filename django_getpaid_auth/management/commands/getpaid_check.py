@@ -27,10 +27,35 @@ error (nothing selected, unknown tenant key, no or invalid encryption key, bad o
           "api_status": int | null,   # with --probe-api
           "error": str | null,        # scrubbed: never a secret or a token
           "error_type": str | null,   # exception class, "MissingScopes", "ApiRejected", ...
-          "checked_at": str           # ISO 8601
+          "checked_at": str,          # ISO 8601
+          # Read from the shared cache after the checks (null: nothing known there).
+          "quota": {                  # the last token answer that carried Auth0's
+            "seen_at": str,           #   quota or rate-limit headers: when (ISO 8601)
+            "status": int,            #   and its HTTP status (200, 429, ...)
+            "buckets": [              #   every bucket Auth0 sent, in its order
+              {
+                "name": str,          # "per_hour" | "per_day" | ...
+                "limit": int,         # the quota
+                "remaining": int,     # left when the answer came
+                "resets_at": str,     # ISO 8601
+                "low": bool,          # remaining < 20 % of limit
+                "current": bool       # false: the window has reset since (stale figure)
+              }
+            ],
+            "rate_limit": {           # x-ratelimit-*; null when not sent
+              "limit": int,
+              "remaining": int,
+              "resets_at": str | null # ISO 8601
+            } | null
+          } | null,
+          "token_requests_this_hour": int | null,  # this clock hour (UTC), all processes
+          "last_used": str | null     # ISO 8601; when the app last used the credential
         }
       ]
     }
+
+Quota figures never change the exit status: a low quota is not a failed check (the
+QUOTA column marks it, ``--json`` says ``"low": true``, and the package logs a WARNING).
 
 On exit status 2 nothing is written to stdout; the reason goes to stderr.
 """
@@ -83,7 +108,11 @@ class Command(BaseCommand):
         "1 = a check failed, 2 = usage or configuration error. --json writes one document: "
         '{"ok", "checked", "passed", "failed", "duration_ms", "results": [...]} '
         "(see the module docstring for every field). In the SCOPES column '!' marks a "
-        "requested scope getpaid did not grant. Secrets and tokens are never printed."
+        "requested scope getpaid did not grant. The QUOTA column shows Auth0's token quota "
+        "as last seen, remaining/limit per bucket still in its window (h = per hour, "
+        "d = per day), e.g. '7/10 h, 97/100 d'; '!' (and colour) marks a bucket under 20 % "
+        "of its quota, '-' means nothing is known. A low quota does not change the exit "
+        "status. Secrets and tokens are never printed."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -184,6 +213,7 @@ class Command(BaseCommand):
             return _check_one(credential, use_cache, probe_api, fingerprints)
 
         results, fingerprint_of = self._run(selected, check, workers, show_progress)
+        connectivity.add_usage(results, selected)  # one cache read for every credential
         connectivity.record_results(results)
 
         results.sort(key=lambda r: (keys[r.credential_id], r.environment, r.credential_id))
@@ -290,13 +320,14 @@ class Command(BaseCommand):
         self, results: list[CheckResult], keys: dict[int, str], duration: float
     ) -> None:
         failed = sum(1 for r in results if not r.ok)
+        now = time.time()
         document = {
             "ok": failed == 0,
             "checked": len(results),
             "passed": len(results) - failed,
             "failed": failed,
             "duration_ms": round(duration * 1000, 1),
-            "results": [{**r.as_dict(), "tenant_key": keys[r.credential_id]} for r in results],
+            "results": [{**r.as_dict(now), "tenant_key": keys[r.credential_id]} for r in results],
         }
         self.stdout.write(_escape_json(json.dumps(document, indent=2, ensure_ascii=False)))
 
@@ -316,7 +347,19 @@ class Command(BaseCommand):
         )
         if verbosity >= 1:
             now = clock.now()
-            header = ["STATUS", "TENANT", "ENV", "CLIENT", "LATENCY", "EXPIRES", "SCOPES", "ERROR"]
+            epoch_now = time.time()
+            header = [
+                "STATUS",
+                "TENANT",
+                "ENV",
+                "CLIENT",
+                "LATENCY",
+                "EXPIRES",
+                "SCOPES",
+                "QUOTA",
+                "ERROR",
+            ]
+            quota = len(header) - 2  # the QUOTA column's index
             rows = [
                 [
                     "OK" if r.ok else "FAIL",
@@ -326,6 +369,7 @@ class Command(BaseCommand):
                     "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
                     _expires(r.expires_at, now),
                     printable(_scopes(r)),
+                    _quota(r, epoch_now),
                     printable(r.error),
                 ]
                 for r in results
@@ -335,7 +379,12 @@ class Command(BaseCommand):
             for r, row in zip(results, rows, strict=True):
                 status = row[0].ljust(widths[0])
                 styled = self.style.SUCCESS(status) if r.ok else self.style.ERROR(status)
-                self.stdout.write(styled + "  " + _line(row[1:], widths[1:]))
+                middle = _line(row[1:quota], widths[1:quota])
+                cell = row[quota].ljust(widths[quota])
+                if any(b.is_low for b in r.current_buckets(epoch_now)):
+                    cell = self.style.WARNING(cell)
+                end = _line(row[quota + 1 :], widths[quota + 1 :])
+                self.stdout.write(f"{styled}  {middle}  {cell}  {end}".rstrip())
         if verbosity >= 2:
             self.stdout.write("")
             for r in results:
@@ -351,6 +400,13 @@ class Command(BaseCommand):
                     details.append(f"api_status={r.api_status}")
                 if r.error_type:
                     details.append(f"error_type={printable(r.error_type)}")
+                if r.quota is not None and r.quota.rate_limit is not None:
+                    limit = r.quota.rate_limit
+                    details.append(f"rate_limit={limit.remaining}/{limit.limit}")
+                if r.token_requests_this_hour is not None:
+                    details.append(f"token_requests_this_hour={r.token_requests_this_hour}")
+                if r.last_used is not None:
+                    details.append(f"last_used={connectivity.iso(r.last_used)}")
                 details.append(f"checked_at={r.checked_at.isoformat()}")
                 where = printable(f"{keys[r.credential_id]}/{r.environment}")
                 self.stdout.write(f"{where}: " + " ".join(details))
@@ -378,6 +434,19 @@ def _check_one(
 ) -> tuple[CheckResult, str]:
     result = connectivity.check_credential(credential, use_cache=use_cache, probe_api=probe_api)
     return result, (result.fingerprint if fingerprints else "")
+
+
+_BUCKET_ABBREVIATIONS = {"per_hour": "h", "per_day": "d", "per_minute": "min"}
+
+
+def _quota(result: CheckResult, now: float) -> str:
+    """``"7/10 h, 1/100 d!"``: each bucket still in its window, '!' when low; '-' if none."""
+    cells = [
+        f"{b.remaining}/{b.limit} {_BUCKET_ABBREVIATIONS.get(b.name, b.name)}"
+        + ("!" if b.is_low else "")
+        for b in result.current_buckets(now)
+    ]
+    return printable(", ".join(cells)) if cells else "-"
 
 
 def _crashed(credential: ClientCredential, exc: Exception) -> CheckResult:
