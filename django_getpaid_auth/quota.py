@@ -100,7 +100,7 @@ class QuotaReport:
         return tuple(b for b in self.buckets if b.is_low)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (the shared cache, ``getpaid_check --json``)."""
+        """JSON-ready, as kept in the shared cache (epoch seconds)."""
         return {
             "seen_at": self.seen_at,
             "status": self.status,

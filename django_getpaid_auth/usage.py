@@ -48,14 +48,6 @@ class Usage:
     requests_this_hour: int | None = None
     last_used: float | None = None  # epoch seconds
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, as ``getpaid_check --json`` prints it."""
-        return {
-            "quota": self.quota.to_dict() if self.quota else None,
-            "token_requests_this_hour": self.requests_this_hour,
-            "last_used": self.last_used,
-        }
-
 
 def usage_id(snapshot: CredentialSnapshot) -> str:
     """Per credential and Auth0 client: a new client_id starts a new record."""

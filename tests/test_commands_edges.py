@@ -79,7 +79,8 @@ def test_a_credential_without_requested_scopes_lists_what_was_granted():
         output, code = run("getpaid_check")
     assert code == 0
     row = next(line for line in output.splitlines() if "noscope" in line)
-    assert row.endswith("accounts:read payments:read")
+    # SCOPES, then QUOTA ("-": the answer carried no quota headers), ERROR empty
+    assert row.endswith("accounts:read payments:read  -")
 
 
 def test_a_failed_credential_without_requested_scopes_shows_a_dash():
@@ -91,8 +92,9 @@ def test_a_failed_credential_without_requested_scopes_shows_a_dash():
         output, code = run("getpaid_check")
     assert code == 1
     row = next(line for line in output.splitlines() if "noscope-failed" in line)
-    # EXPIRES and SCOPES are both "-": no token, so nothing is known of the granted scopes.
-    assert re.search(r"^FAIL .* ms\s+-\s+-\s+getpaid rejected", row), row
+    # EXPIRES and SCOPES are both "-": no token, so nothing is known of the granted scopes;
+    # QUOTA is "-" too: the answer carried no quota headers.
+    assert re.search(r"^FAIL .* ms\s+-\s+-\s+-\s+getpaid rejected", row), row
 
 
 def test_rotate_keys_without_a_usable_key_is_a_configuration_error(settings):

@@ -54,6 +54,10 @@ RESULT = {
     "error": (str, type(None)),
     "error_type": (str, type(None)),
     "checked_at": (str,),
+    # issue 14: read from the shared cache (shape checked in tests/test_getpaid_check_quota.py)
+    "quota": (dict, type(None)),
+    "token_requests_this_hour": (int, type(None)),
+    "last_used": (str, type(None)),
 }
 
 
