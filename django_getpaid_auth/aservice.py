@@ -105,7 +105,10 @@ def _note_used(snapshot: CredentialSnapshot) -> None:
     """Record the use (at most once a minute per process) in a worker thread, without
     waiting for it: the call that happens to be due is not slowed down."""
     if usage.used_write_due(snapshot):
-        asyncio.get_running_loop().run_in_executor(None, usage.write_used, snapshot)
+        try:
+            asyncio.get_running_loop().run_in_executor(None, usage.write_used, snapshot)
+        except RuntimeError:  # the loop's executor is shut down (the loop is closing)
+            usage.used_write_failed(snapshot)
 
 
 # event loop -> {lookup key: the task re-reading that credential's token}
@@ -130,6 +133,8 @@ async def _ajoin_reread(
     if task is None:
         task = tasks[key] = loop.create_task(_aread_through(tenant, environment, key, False))
         task.add_done_callback(functools.partial(_reread_done, tasks, key))
+    else:
+        telemetry.set_outcome("waited")  # for another coroutine's re-read (or its fetch)
     result: tuple[CredentialSnapshot, AccessToken] = await asyncio.shield(task)
     return result
 

@@ -156,12 +156,15 @@ def incr(name: str, delta: int, timeout: float) -> int | None:
 
 def _bump(cache: BaseCache, name: str, delta: int, timeout: float) -> int | None:
     for _ in range(2):
-        cache.add(name, 0, timeout)
+        cache.add(name, 0, timeout)  # a failure here is the cache's: it degrades
         try:
             value = cache.incr(name, delta)
         except ValueError:  # expired between add and incr: add again
             continue
-        except TypeError:  # garbage under the key (locmem): start again
+        except Exception:
+            # Garbage under the key (Redis, Memcached and locmem each raise their own
+            # error): the cache answered, so it is not down; restart the counter rather
+            # than degrade every process's token sharing.
             cache.set(name, delta, timeout)
             return delta
         return value if type(value) is int else None

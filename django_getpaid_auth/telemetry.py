@@ -118,8 +118,10 @@ def token_span() -> Iterator[TokenSpan]:
     record = TokenSpan()
     reset = _current.set(record)
     started = time.monotonic()
+    # Neither the exception nor its message goes on the span (only its class name): a
+    # message may quote a tenant or the server.
     with instruments.tracer.start_as_current_span(
-        "getpaid_auth.get_token", record_exception=False
+        "getpaid_auth.get_token", record_exception=False, set_status_on_exception=False
     ) as span:
         try:
             yield record
@@ -168,6 +170,7 @@ def request_span(credential_id: int, environment: str, server: str) -> Iterator[
         kind=trace.SpanKind.CLIENT,
         attributes=attributes,
         record_exception=False,
+        set_status_on_exception=False,
     ) as span:
         try:
             yield record
@@ -192,18 +195,26 @@ def failed(environment: str, error: BaseException) -> None:
 
 # --- quota gauge -------------------------------------------------------------------------------
 
-_quota_remaining: dict[tuple[int, str, str], int] = {}
+# (credential id, environment, bucket) -> (remaining, epoch seconds when the bucket resets)
+_quota_remaining: dict[tuple[int, str, str], tuple[int, float]] = {}
 
 
 def quota_seen(credential_id: int, environment: str, buckets: Iterable[Any]) -> None:
     """Keep the remaining figures the gauge reports (``quota.QuotaBucket`` items)."""
     _get()  # the gauge exists once figures do
     for bucket in buckets:
-        _quota_remaining[(credential_id, environment, bucket.name)] = bucket.remaining
+        key = (credential_id, environment, bucket.name)
+        _quota_remaining[key] = (bucket.remaining, bucket.resets_at)
 
 
 def _observe_quota(options: Any) -> Iterator[Any]:
-    for (credential_id, environment, bucket), remaining in list(_quota_remaining.items()):
+    """Each bucket's last figure until its window resets: after that it no longer holds."""
+    now = time.time()
+    for key, (remaining, resets_at) in list(_quota_remaining.items()):
+        if resets_at <= now:
+            _quota_remaining.pop(key, None)
+            continue
+        credential_id, environment, bucket = key
         yield metrics.Observation(
             remaining,
             {

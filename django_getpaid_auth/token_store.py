@@ -261,7 +261,10 @@ def refresh_if_due(snapshot: CredentialSnapshot, due_within: float) -> AccessTok
     current = token_of(snapshot, entry) if is_entry(entry) else None
     if current is None or clock.now() >= usable_until(entry):
         return _obtain(snapshot)
-    if clock.now() + due_within < float(entry["exp"]):
+    # Never renew a token in the first half of its life, however wide the window: a
+    # window as long as the lifetime would otherwise renew every token on every run.
+    window = min(due_within, current.lifetime / 2)
+    if clock.now() + window < float(entry["exp"]):
         return None
     return _obtain(snapshot, force=True)
 

@@ -136,6 +136,12 @@ def used_write_due(snapshot: CredentialSnapshot) -> bool:
     return True
 
 
+def used_write_failed(snapshot: CredentialSnapshot) -> None:
+    """The due write could not be scheduled: let the next call try again."""
+    with _used_lock:
+        _used_written.pop(snapshot.pk, None)
+
+
 def write_used(snapshot: CredentialSnapshot) -> None:
     """Record in the shared cache that the credential was used now."""
     cache_backend.set(used_key(snapshot), time.time(), USED_TIMEOUT)

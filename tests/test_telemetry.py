@@ -158,6 +158,8 @@ def test_failure_outcome_and_failure_metric(tenant, spans, fake_getpaid_settings
     assert span.attributes["getpaid.token.outcome"] == "failed"
     assert span.attributes["error.type"] == "InvalidClientError"
     assert span.status.status_code == trace.StatusCode.ERROR
+    assert span.status.description is None  # no message: it may quote a tenant or server
+    assert span.events == ()  # no exception event either
     failures = metric_points("getpaid_auth.token.failures")
     assert any(p.attributes["error.type"] == "InvalidClientError" for p in failures)
 
@@ -242,3 +244,42 @@ def test_async_calls_get_the_same_spans(tenant, spans):
     assert {s.attributes["getpaid.environment"] for s in token_spans(spans)} == {"sandbox"}
     http = [s for s in spans.get_finished_spans() if s.name == "getpaid_auth.token_request"]
     assert [s.attributes["http.response.status_code"] for s in http] == [200]
+
+
+def test_coroutines_joining_a_fetch_say_they_waited(tenant, spans, fake_getpaid_settings):
+    import asyncio
+
+    from django_getpaid_auth import aget_token
+
+    fake_getpaid_settings.token_latency = 0.2
+    get_session(tenant)  # credential loaded here (SQLite in-memory is not for threads)
+
+    async def main():
+        return await asyncio.gather(*(aget_token(tenant) for _ in range(20)))
+
+    tokens = asyncio.run(main())
+    assert len({t.value for t in tokens}) == 1
+    outcomes = sorted(s.attributes["getpaid.token.outcome"] for s in token_spans(spans))
+    assert outcomes == ["fetched"] + ["waited"] * 19
+
+
+def test_quota_gauge_forgets_a_bucket_once_its_window_has_reset(spans):
+    import time
+
+    from django_getpaid_auth.quota import QuotaBucket
+
+    now = time.time()
+    telemetry.quota_seen(
+        9001,
+        "live",
+        [
+            QuotaBucket("per_hour", 10, 0, now - 1),  # reset since seen
+            QuotaBucket("per_day", 100, 40, now + 600),
+        ],
+    )
+    seen = {
+        p.attributes["getpaid.quota.bucket"]: p.value
+        for p in metric_points("getpaid_auth.quota.remaining")
+        if p.attributes["getpaid.credential_id"] == 9001
+    }
+    assert seen == {"per_day": 40}

@@ -256,3 +256,49 @@ def test_async_calls_count_and_mark_use_too(tenant, fake_getpaid_settings):
     assert usage.last_used is not None
     assert usage.requests_this_hour == 1
     assert usage.quota.bucket("per_hour").remaining == 9
+
+
+def test_garbage_under_the_counter_does_not_degrade_the_cache(tenant, fake_getpaid_settings):
+    """On Redis, INCRBY on a pickled value is an error of its own: the counter restarts,
+    the cache stays shared (this runs on Redis in CI's PostgreSQL + Redis step)."""
+    from django.core.cache import cache
+
+    from django_getpaid_auth import cache_backend, usage
+
+    snapshot = service.credential_for(tenant, None)
+    cache.set(usage.count_key(snapshot, time.time()), {"not": "a number"})
+    get_token(tenant)
+    assert not cache_backend.is_degraded()
+    assert state_of(tenant).usage.requests_this_hour == 1
+
+
+def test_refresh_if_due_never_renews_a_young_token(tenant, fake_getpaid_settings, fake_clock):
+    snapshot = service.credential_for(tenant, None)
+    first = get_token(tenant)
+    assert service.refresh_if_due(snapshot, due_within=3600) is None  # a whole lifetime
+    assert fake_getpaid_settings.token_request_count("quota-client") == 1
+    fake_clock.advance(first.lifetime / 2 + 1)  # past half its life: now it is due
+    renewed = service.refresh_if_due(snapshot, due_within=3600)
+    assert renewed is not None and renewed.value != first.value
+    assert fake_getpaid_settings.token_request_count("quota-client") == 2
+    assert service.refresh_if_due(snapshot, due_within=60) is None  # the new one is fresh
+
+
+def test_async_warm_call_survives_a_closing_loop(tenant, fake_getpaid_settings):
+    import asyncio
+
+    from django_getpaid_auth import aget_token, usage
+
+    get_session(tenant)  # credential loaded here (SQLite in-memory is not for threads)
+    snapshot = service.credential_for(tenant, None)
+
+    async def main():
+        first = await aget_token(tenant)
+        await asyncio.get_running_loop().shutdown_default_executor()
+        usage._used_written[snapshot.pk] -= usage.USED_WRITE_EVERY  # the write is due
+        second = await aget_token(tenant)  # cannot schedule the write: still served
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first.value == second.value
+    assert usage.used_write_due(snapshot)  # the lost write is tried again next time
