@@ -13,14 +13,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from datetime import timezone as dt_timezone
 from typing import Any
 
 import requests
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from . import service
+from . import clock, service
 from .conf import getpaid_settings
 from .exceptions import GetpaidAuthError
 from .models import ClientCredential, mask
@@ -55,8 +54,8 @@ class CheckResult:
         return self.quota.current_buckets(now) if self.quota else ()
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
-        """JSON-ready (``getpaid_check --json``); ``now`` (epoch) decides which buckets are
-        still current."""
+        """JSON-ready (``getpaid_check --json``; every time ISO 8601 to the second,
+        :func:`clock.iso`); ``now`` (epoch) decides which buckets are still current."""
         now = time.time() if now is None else now
         return {
             "credential_id": self.credential_id,
@@ -65,25 +64,18 @@ class CheckResult:
             "client_id": self.client_id,
             "ok": self.ok,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "expires_at": clock.iso(self.expires_at.timestamp() if self.expires_at else None),
             "requested_scopes": self.requested_scopes,
             "granted_scopes": self.granted_scopes,
             "missing_scopes": self.missing_scopes,
             "api_status": self.api_status,
             "error": self.error or None,
             "error_type": self.error_type or None,
-            "checked_at": self.checked_at.isoformat(),
+            "checked_at": clock.iso(self.checked_at.timestamp()),
             "quota": quota_as_dict(self.quota, now) if self.quota else None,
             "token_requests_this_hour": self.token_requests_this_hour,
-            "last_used": iso(self.last_used),
+            "last_used": clock.iso(self.last_used),
         }
-
-
-def iso(epoch: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 in UTC, to the second (None stays None)."""
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=dt_timezone.utc).isoformat(timespec="seconds")
 
 
 def quota_as_dict(report: QuotaReport, now: float) -> dict[str, Any]:
@@ -91,14 +83,14 @@ def quota_as_dict(report: QuotaReport, now: float) -> dict[str, Any]:
     so a monitoring script need not know the threshold or compare times itself."""
     rate_limit = report.rate_limit
     return {
-        "seen_at": iso(report.seen_at),
+        "seen_at": clock.iso(report.seen_at),
         "status": report.status,
         "buckets": [
             {
                 "name": bucket.name,
                 "limit": bucket.limit,
                 "remaining": bucket.remaining,
-                "resets_at": iso(bucket.resets_at),
+                "resets_at": clock.iso(bucket.resets_at),
                 "low": bucket.is_low,
                 "current": bucket.resets_at > now,
             }
@@ -109,7 +101,7 @@ def quota_as_dict(report: QuotaReport, now: float) -> dict[str, Any]:
         else {
             "limit": rate_limit.limit,
             "remaining": rate_limit.remaining,
-            "resets_at": iso(rate_limit.resets_at),
+            "resets_at": clock.iso(rate_limit.resets_at),
         },
     }
 

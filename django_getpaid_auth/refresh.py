@@ -18,7 +18,6 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from . import clock, service
@@ -77,7 +76,8 @@ class RefreshResult:
     error_type: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (times as ISO 8601), as ``getpaid_refresh --json`` prints it."""
+        """JSON-ready (times as ISO 8601 to the second, :func:`clock.iso`), as
+        ``getpaid_refresh --json`` prints it."""
         return {
             "credential_id": self.credential_id,
             "tenant": self.tenant,
@@ -85,8 +85,8 @@ class RefreshResult:
             "environment": self.environment,
             "client_id": self.client_id,
             "status": self.status,
-            "last_used": _iso(self.last_used),
-            "expires_at": _iso(self.expires_at),
+            "last_used": clock.iso(self.last_used),
+            "expires_at": clock.iso(self.expires_at),
             "error": self.error,
             "error_type": self.error_type,
         }
@@ -125,29 +125,50 @@ def tenant_key(credential: ClientCredential) -> str:
     return str(getattr(credential.tenant, getpaid_settings.TENANT_KEY_FIELD))
 
 
+def tenant_keys(tenants: Any) -> list[str]:
+    """``tenants`` (a list or tuple of strings or integers: a task's JSON arguments may hold
+    numbers) as strings, duplicates dropped; anything else is a SelectionError naming it."""
+    if not isinstance(tenants, list | tuple):
+        raise SelectionError(
+            "tenants must be a list of tenant keys (tenant keys are strings or integers), "
+            f"not {printable(repr(tenants))}."
+        )
+    for key in tenants:
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            raise SelectionError(
+                f"tenant keys are strings or integers, not {printable(repr(key))}."
+            )
+    return list(dict.fromkeys(str(key) for key in tenants))
+
+
 def select_credentials(
-    tenants: Sequence[str] = (), environment: str | None = None
+    tenants: Sequence[str | int] = (), environment: str | None = None
 ) -> list[ClientCredential]:
     """Active credentials (tenants loaded in the same query), sorted by tenant key,
-    environment and id.
+    environment and id: the selection of ``getpaid_refresh``, the task and
+    ``getpaid_check``.
 
-    A named tenant that is unknown or has no active credential is a SelectionError; no
-    active credential at all is not (a warmer on a fresh install has nothing to do).
+    A bad tenant key or environment, a named tenant that is unknown or has no active
+    credential is a SelectionError (its message shows keys through ``printable``); no
+    active credential at all is not (a warmer on a fresh install has nothing to do; the
+    caller decides).
     """
     if environment is not None and environment not in Environment.values:
         raise SelectionError(
-            f"Unknown environment {environment!r}; choose from {', '.join(Environment.values)}."
+            f"Unknown environment {printable(repr(environment))}; choose from "
+            f"{', '.join(Environment.values)}."
         )
+    keys = tenant_keys(tenants)
     key_field = getpaid_settings.TENANT_KEY_FIELD
     queryset = ClientCredential.objects.select_related("tenant").filter(is_active=True)
-    if tenants:
-        queryset = queryset.filter(**{f"tenant__{key_field}__in": list(tenants)})
+    if keys:
+        queryset = queryset.filter(**{f"tenant__{key_field}__in": keys})
     if environment is not None:
         queryset = queryset.filter(environment=environment)
     selected = list(queryset)
-    if tenants:
+    if keys:
         found = {tenant_key(c) for c in selected}
-        missing = [key for key in dict.fromkeys(tenants) if key not in found]
+        missing = [key for key in keys if key not in found]
         if missing:
             tenant_model = get_tenant_model()
             existing = {
@@ -186,6 +207,7 @@ def refresh_credentials(
         try:
             snapshots.append((credential, service.snapshot_of(credential)))
         except Exception as exc:  # e.g. an environment the settings no longer define
+            _log_failure(str(credential.tenant), credential.environment, exc)
             results[credential.pk] = _result(credential, FAILED, error=exc)
     states = service.cached_states([snapshot for _, snapshot in snapshots])  # one get_many
     for credential, snapshot in snapshots:
@@ -203,7 +225,7 @@ def refresh_credentials(
 
 def run(
     *,
-    tenants: Sequence[str] = (),
+    tenants: Sequence[str | int] = (),
     environment: str | None = None,
     due_within: Any = DEFAULT_DUE_WITHIN,
     used_within: Any = DEFAULT_USED_WITHIN,
@@ -238,19 +260,24 @@ def _refresh_one(
     try:
         token = service.refresh_if_due(snapshot, due_within=due_within)
     except Exception as exc:
-        logger.warning(
-            "getpaid token refresh failed for tenant=%s environment=%s: %s",
-            snapshot.tenant_label,
-            snapshot.environment,
-            _error_text(exc),
-        )
+        _log_failure(snapshot.tenant_label, snapshot.environment, exc)
         return _result(
             credential, FAILED, last_used=last_used, expires_at=state.expires_at, error=exc
         )
-    if token is None:  # a peer renewed it between our read and the flight
+    if token is None:  # a peer renewed it since our read, or it is in its first half-life
         return _result(credential, FRESH, last_used=last_used, expires_at=state.expires_at)
     return _result(
         credential, REFRESHED, last_used=last_used, expires_at=token.expires_at.timestamp()
+    )
+
+
+def _log_failure(tenant: str, environment: str, exc: BaseException) -> None:
+    """The one WARNING of a FAILED result (the scrubbed error, never a secret)."""
+    logger.warning(
+        "getpaid token refresh failed for tenant=%s environment=%s: %s",
+        printable(tenant),
+        printable(environment),
+        _error_text(exc),
     )
 
 
@@ -282,9 +309,3 @@ def _result(
         error=None if error is None else _error_text(error),
         error_type=None if error is None else type(error).__name__,
     )
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat()

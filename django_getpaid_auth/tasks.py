@@ -8,7 +8,8 @@ warming" documentation page.
 The task returns the ``getpaid_refresh --json`` document (JSON-serialisable, as task
 results must be). A failed refresh does not fail the task: ``result.return_value["ok"]``
 is False, its entry says why, and ``django_getpaid_auth.refresh`` logs a WARNING for it.
-A bad argument (negative window, unknown tenant) raises ``ValueError``; a missing or
+A bad argument (negative window, unknown tenant, a tenant key that is neither a string
+nor an integer) raises ``ValueError`` (``refresh.SelectionError``); a missing or
 invalid encryption key raises ``ImproperlyConfigured``: the task then fails.
 """
 
@@ -35,13 +36,13 @@ __all__ = ["refresh_due_tokens"]
 def refresh_due_tokens(
     due_within: float = refresh.DEFAULT_DUE_WITHIN,
     used_within: float = refresh.DEFAULT_USED_WITHIN,
-    tenants: list[str] | str | None = None,
+    tenants: list[str | int] | str | int | None = None,
     environment: str | None = None,
 ) -> dict[str, Any]:
     """Renew soon-due tokens of recently used credentials; idle ones cost no request."""
     crypto.get_fernet()  # no or invalid key: ImproperlyConfigured before any cache read
     report = refresh.run(
-        tenants=[tenants] if isinstance(tenants, str) else (tenants or ()),
+        tenants=[tenants] if isinstance(tenants, str | int) else (tenants or ()),
         environment=environment,
         due_within=due_within,
         used_within=used_within,

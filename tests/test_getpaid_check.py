@@ -251,6 +251,36 @@ def test_tenant_without_a_matching_credential_exits_2(fake_getpaid_settings):
     assert fake.token_request_count() == 0
 
 
+def test_an_unknown_tenant_key_is_shown_escaped(fake_getpaid_settings):
+    good(fake_getpaid_settings, "acme")
+    out, err, code = run("--tenant", "acme", "--tenant", "evil\x1b[2J\u202e")
+    assert code == 2
+    assert "\x1b" not in err and "\u202e" not in err
+    assert "Unknown tenant slug: evil\\x1b[2J\\u202e." in err
+    assert out == ""
+
+
+def test_integer_tenant_keys_through_call_command(fake_getpaid_settings, settings):
+    credential = good(fake_getpaid_settings, "acme")
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "TENANT_KEY_FIELD": "id"}
+    out, err, code = run("--json", tenants=[credential.tenant_id])
+    assert code == 0, err
+    assert [r["tenant_key"] for r in json.loads(out)["results"]] == [str(credential.tenant_id)]
+    _, err, code = run(tenants=[{"id": 1}])
+    assert code == 2
+    assert "tenant keys are strings or integers, not {'id': 1}" in err
+
+
+def test_json_times_are_to_the_second(fake_getpaid_settings):
+    good(fake_getpaid_settings, "acme")
+    out, _, code = run("--json")
+    assert code == 0
+    (result,) = json.loads(out)["results"]
+    for key in ("checked_at", "expires_at"):
+        moment = datetime.fromisoformat(result[key])
+        assert moment.microsecond == 0 and result[key].endswith("+00:00"), result[key]
+
+
 @pytest.mark.parametrize("keys", [[], ["not-a-fernet-key"]])
 def test_missing_or_invalid_encryption_key_exits_2(fake_getpaid_settings, settings, keys):
     fake = fake_getpaid_settings

@@ -18,17 +18,19 @@ from datetime import datetime
 import django
 import pytest
 from django.core.management import call_command
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, SystemCheckError
 from django.db import connections
 from django.test import override_settings
 
-from django_getpaid_auth import get_token, invalidate_token, refresh
+from django_getpaid_auth import clock, get_token, invalidate_token, refresh
+from django_getpaid_auth.models import ClientCredential
 from tests.factories import make_credential, make_tenant
 
 pytestmark = pytest.mark.django_db
 
 SHORT = 300  # seconds: a token this long-lived is due within the default 600 s window
 LONG = 3600
+HALF_OF_SHORT = SHORT / 2 + 1  # refresh_if_due never renews a token younger than this
 
 TOP_LEVEL = {
     "ok": bool,
@@ -138,10 +140,11 @@ def test_a_tenant_not_used_recently_is_idle_even_when_its_token_is_missing(fake)
     assert fake.token_request_count() == 2
 
 
-def test_a_used_tenant_whose_token_is_due_is_refreshed_once(fake):
+def test_a_used_tenant_whose_token_is_due_is_refreshed_once(fake, fake_clock):
     fake.token_lifetime = SHORT
     tenant = tenant_with_credential(fake, "busy")
     first = get_token(tenant)
+    fake_clock.advance(HALF_OF_SHORT)  # no token is renewed in the first half of its life
     fake.token_lifetime = LONG  # the renewed token is not due again
     document, code = run_json()  # default --due-within 600 > SHORT
     assert code == 0
@@ -158,7 +161,7 @@ def test_a_used_tenant_whose_token_is_due_is_refreshed_once(fake):
     assert fake.token_request_count("busy-client") == 2
 
 
-def test_a_used_tenant_whose_token_is_not_due_costs_nothing(fake):
+def test_a_used_tenant_whose_token_is_not_due_costs_nothing(fake, fake_clock):
     tenant = tenant_with_credential(fake, "steady")
     get_token(tenant)
     document, code = run_json("--due-within", str(LONG - 120))
@@ -166,13 +169,15 @@ def test_a_used_tenant_whose_token_is_not_due_costs_nothing(fake):
     assert by_tenant(document)["steady"]["status"] == "fresh"
     assert fake.token_request_count() == 1
 
-    # A window longer than the token's remaining life makes it due.
+    # A window longer than the token's remaining life makes it due, once the token is in
+    # the second half of its life.
+    fake_clock.advance(LONG / 2 + 1)
     document, _code = run_json("--due-within", str(LONG + 60))
     assert by_tenant(document)["steady"]["status"] == "refreshed"
     assert fake.token_request_count() == 2
 
 
-def test_only_used_and_due_credentials_are_refreshed_in_a_mixed_run(fake):
+def test_only_used_and_due_credentials_are_refreshed_in_a_mixed_run(fake, fake_clock):
     fake.token_lifetime = SHORT
     used_due = tenant_with_credential(fake, "a-due")
     get_token(used_due)
@@ -181,6 +186,7 @@ def test_only_used_and_due_credentials_are_refreshed_in_a_mixed_run(fake):
     get_token(used_fresh)
     tenant_with_credential(fake, "c-idle")
     fake.reset_counters()
+    fake_clock.advance(HALF_OF_SHORT)
 
     out, err, code = run()
     assert code == 0, err
@@ -204,10 +210,11 @@ def test_only_used_and_due_credentials_are_refreshed_in_a_mixed_run(fake):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_concurrent_runs_refresh_a_due_credential_once(fake):
+def test_two_concurrent_runs_refresh_a_due_credential_once(fake, fake_clock):
     fake.token_lifetime = SHORT
     tenant = tenant_with_credential(fake, "shared")
     get_token(tenant)
+    fake_clock.advance(HALF_OF_SHORT)
     fake.token_lifetime = LONG
     fake.token_latency = 0.3  # both runs are in flight at the same time
     fake.reset_counters()
@@ -283,7 +290,11 @@ def test_json_document_fields(fake):
     used, idle = by_tenant(document)["json-used"], by_tenant(document)["json-idle"]
     assert used["status"] == "fresh"
     assert abs(datetime.fromisoformat(used["last_used"]).timestamp() - time.time()) < 60
-    assert datetime.fromisoformat(used["expires_at"]) == get_token(tenant).expires_at
+    expires_at = get_token(tenant).expires_at
+    assert datetime.fromisoformat(used["expires_at"]) == expires_at.replace(microsecond=0)
+    # Times to the second, written by the one helper getpaid_check's --json uses too.
+    assert used["last_used"] == clock.iso(datetime.fromisoformat(used["last_used"]).timestamp())
+    assert used["expires_at"] == clock.iso(expires_at.timestamp())
     assert used["client_id"] == "json…ient"  # masked
     assert used["environment"] == "sandbox" and used["tenant"] == "Json-Used"
     assert (used["error"], used["error_type"]) == (None, None)
@@ -348,6 +359,88 @@ def test_call_command_options_are_validated_too(fake, options, message):
     assert code == 2
     assert message in err
     assert out == ""
+
+
+def test_integer_tenant_keys_are_tenant_keys(fake, settings):
+    """A task called with ``tenants=[42]`` (JSON has numbers) selects tenant 42."""
+    tenant = tenant_with_credential(fake, "by-id")
+    tenant_with_credential(fake, "other")
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "TENANT_KEY_FIELD": "id"}
+    report = refresh.run(tenants=[tenant.pk, str(tenant.pk)])
+    assert [(r.tenant_key, r.status) for r in report.results] == [(str(tenant.pk), "idle")]
+    with pytest.raises(refresh.SelectionError, match=r"^Unknown tenant id: 999999\.$"):
+        refresh.run(tenants=[tenant.pk, 999999])
+
+
+@pytest.mark.parametrize(
+    ("tenants", "shown"),
+    [
+        ([{"slug": "acme"}], "{'slug': 'acme'}"),
+        ([["acme"]], "['acme']"),
+        (["acme", None], "None"),
+        ([1.5], "1.5"),
+        ([True], "True"),
+        ([b"acme"], "b'acme'"),
+        (42, "42"),
+        ({"acme": 1}, "{'acme': 1}"),
+    ],
+)
+def test_tenant_keys_must_be_strings_or_integers(fake, tenants, shown):
+    tenant_with_credential(fake, "acme")
+    with pytest.raises(refresh.SelectionError) as excinfo:
+        refresh.run(tenants=tenants)
+    assert isinstance(excinfo.value, ValueError)
+    assert "tenant keys are strings or integers" in str(excinfo.value)
+    assert shown in str(excinfo.value)
+    assert fake.token_request_count() == 0
+
+
+def test_an_unknown_tenant_key_is_shown_escaped(fake):
+    with pytest.raises(refresh.SelectionError) as excinfo:
+        refresh.run(tenants=["evil\x1b[2J"])
+    assert "\x1b" not in str(excinfo.value)
+    assert "Unknown tenant slug: evil\\x1b[2J." in str(excinfo.value)
+
+
+def test_a_credential_without_a_snapshot_fails_with_a_warning(fake, canary, settings, all_logs):
+    """An environment the settings no longer define: FAILED, and logged like any failure."""
+    tenant = tenant_with_credential(fake, "lost-env", secret=canary)
+    ClientCredential.objects.filter(tenant=tenant).update(environment="live")
+    tenant_with_credential(fake, "fine")
+    get_token("fine")
+    environments = dict(settings.GETPAID_AUTH["ENVIRONMENTS"])
+    environments.pop("live")
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "ENVIRONMENTS": environments}
+
+    document, code = run_json()
+    assert code == 1
+    lost = by_tenant(document)["lost-env"]
+    assert lost["status"] == "failed" and lost["error_type"]
+    warnings = [
+        r.getMessage()
+        for r in all_logs.records
+        if r.name == "django_getpaid_auth.refresh" and r.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1, warnings
+    assert "tenant=Lost-Env" in warnings[0] and "environment=live" in warnings[0]
+    assert lost["error"] in warnings[0]
+    assert canary not in all_logs.text + json.dumps(document)
+
+
+def test_both_commands_share_the_usage_error_base():
+    from django_getpaid_auth.management.commands import _base, getpaid_check, getpaid_refresh
+
+    for module in (getpaid_check, getpaid_refresh):
+        assert issubclass(module.Command, _base.GetpaidCommand)
+        assert "create_parser" not in vars(module.Command)
+        assert "check" not in vars(module.Command)
+
+
+def test_system_check_errors_are_configuration_errors(fake, settings):
+    settings.GETPAID_AUTH = {**settings.GETPAID_AUTH, "ENCRYPTION_KEYS": ["not-a-fernet-key"]}
+    with pytest.raises(SystemCheckError) as excinfo:
+        call_command("getpaid_refresh", skip_checks=False, stdout=io.StringIO())
+    assert excinfo.value.returncode == 2
 
 
 @pytest.mark.parametrize("keys", [[], ["not-a-fernet-key"]])

@@ -54,6 +54,9 @@ error (nothing selected, unknown tenant key, no or invalid encryption key, bad o
       ]
     }
 
+Times are ISO 8601 in UTC to the second (``2026-05-04T12:00:00+00:00``), as in
+``getpaid_refresh --json``.
+
 Quota figures never change the exit status: a low quota is not a failed check (the
 QUOTA column marks it, ``--json`` says ``"low": true``, and the package logs a WARNING).
 
@@ -72,21 +75,17 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from typing import Any
 
-from django.core.management.base import (
-    BaseCommand,
-    CommandError,
-    CommandParser,
-    SystemCheckError,
-)
+from django.core.management.base import CommandError, CommandParser
 
-from django_getpaid_auth import clock, connectivity, crypto
+from django_getpaid_auth import clock, connectivity, refresh
 from django_getpaid_auth.conf import getpaid_settings
 from django_getpaid_auth.connectivity import CheckResult, result_for
-from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError, printable
-from django_getpaid_auth.models import ClientCredential, Environment, get_tenant_model
+from django_getpaid_auth.exceptions import printable
+from django_getpaid_auth.models import ClientCredential
+
+from ._base import USAGE_ERROR, GetpaidCommand
 
 DEFAULT_WORKERS = 8
-USAGE_ERROR = 2
 CHECK_FAILED = 1
 
 
@@ -100,7 +99,7 @@ def _positive_int(value: str) -> int:
     return number
 
 
-class Command(BaseCommand):
+class Command(GetpaidCommand):
     help = (
         "Fetch a getpaid token for every active client credential (or those selected with "
         "--tenant/--environment) and report latency, expiry and granted scopes; with "
@@ -115,40 +114,8 @@ class Command(BaseCommand):
         "status. Secrets and tokens are never printed."
     )
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        # Bad options are usage errors (2) through call_command() too, not Django's default 1.
-        # From the command line argparse already prints usage and exits 2.
-        if not parser.called_from_command_line:
-
-            def error(message: str) -> Any:
-                raise CommandError(f"Error: {message}", returncode=USAGE_ERROR)
-
-            parser.error = error  # type: ignore[method-assign]
-        return parser
-
-    def check(self, *args: Any, **kwargs: Any) -> None:
-        """System check errors (e.g. no encryption key) are configuration errors: exit 2."""
-        try:
-            super().check(*args, **kwargs)
-        except SystemCheckError as exc:
-            raise SystemCheckError(str(exc), returncode=USAGE_ERROR) from None
-
     def add_arguments(self, parser: CommandParser) -> None:
-        key_field = getpaid_settings.TENANT_KEY_FIELD
-        parser.add_argument(
-            "--tenant",
-            action="append",
-            dest="tenants",
-            metavar="KEY",
-            default=[],
-            help=f"Only this tenant ({key_field}); repeat for several.",
-        )
-        parser.add_argument(
-            "--environment",
-            choices=Environment.values,
-            help="Only credentials of this environment.",
-        )
+        self.add_selection_arguments(parser)
         parser.add_argument(
             "--use-cache",
             action="store_true",
@@ -182,26 +149,23 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.monotonic()
-        tenants: list[str] = list(options.get("tenants") or [])
-        environment: str | None = options.get("environment")
         workers: int = options.get("workers") or DEFAULT_WORKERS
         verbosity: int = options.get("verbosity", 1)
-        # call_command(..., environment=...) bypasses argparse choices: validate again.
-        if environment is not None and environment not in Environment.values:
-            raise CommandError(
-                f"Unknown environment {environment!r}; choose from "
-                f"{', '.join(Environment.values)}.",
-                returncode=USAGE_ERROR,
-            )
         if not isinstance(workers, int) or workers < 1:
             raise CommandError("--workers must be at least 1.", returncode=USAGE_ERROR)
-        try:
-            crypto.get_fernet()
-        except GetpaidAuthConfigurationError as exc:
-            raise CommandError(str(exc), returncode=USAGE_ERROR) from None
+        self.require_encryption_key()
 
-        selected = self._select(tenants, environment)
-        keys = {c.pk: self._tenant_key(c) for c in selected}
+        # call_command(...) bypasses argparse choices: select() validates again.
+        selected = self.select(options)
+        if not selected:
+            environment = options.get("environment")
+            where = f" for environment {environment}" if environment else ""
+            raise CommandError(
+                f"No active getpaid credential{where} to check. Add one in the admin "
+                "(getpaid client credentials).",
+                returncode=USAGE_ERROR,
+            )
+        keys = {c.pk: refresh.tenant_key(c) for c in selected}
 
         use_cache = bool(options.get("use_cache"))
         probe_api = bool(options.get("probe_api"))
@@ -227,51 +191,6 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{failed} of {len(results)} getpaid check(s) failed.", returncode=CHECK_FAILED
             )
-
-    # --------------------------------------------------------------------- selection
-
-    def _tenant_key(self, credential: ClientCredential) -> str:
-        return str(getattr(credential.tenant, getpaid_settings.TENANT_KEY_FIELD))
-
-    def _select(self, tenants: Sequence[str], environment: str | None) -> list[ClientCredential]:
-        """Active credentials, tenants included, in one query; usage errors raise (2)."""
-        key_field = getpaid_settings.TENANT_KEY_FIELD
-        queryset = ClientCredential.objects.select_related("tenant").filter(is_active=True)
-        if tenants:
-            queryset = queryset.filter(**{f"tenant__{key_field}__in": tenants})
-        if environment is not None:
-            queryset = queryset.filter(environment=environment)
-        selected = list(queryset)
-        where = f" for environment {environment}" if environment else ""
-        if tenants:
-            found = {self._tenant_key(c) for c in selected}
-            missing = [key for key in dict.fromkeys(tenants) if key not in found]
-            if missing:
-                tenant_model = get_tenant_model()
-                existing = {
-                    str(value)
-                    for value in tenant_model._default_manager.filter(
-                        **{f"{key_field}__in": missing}
-                    ).values_list(key_field, flat=True)
-                }
-                unknown = [key for key in missing if key not in existing]
-                if unknown:
-                    raise CommandError(
-                        f"Unknown {tenant_model._meta.verbose_name} {key_field}: "
-                        f"{', '.join(unknown)}.",
-                        returncode=USAGE_ERROR,
-                    )
-                raise CommandError(
-                    f"No active getpaid credential{where} for: {', '.join(missing)}.",
-                    returncode=USAGE_ERROR,
-                )
-        if not selected:
-            raise CommandError(
-                f"No active getpaid credential{where} to check. Add one in the admin "
-                "(getpaid client credentials).",
-                returncode=USAGE_ERROR,
-            )
-        return selected
 
     # --------------------------------------------------------------------- running
 
@@ -406,8 +325,8 @@ class Command(BaseCommand):
                 if r.token_requests_this_hour is not None:
                     details.append(f"token_requests_this_hour={r.token_requests_this_hour}")
                 if r.last_used is not None:
-                    details.append(f"last_used={connectivity.iso(r.last_used)}")
-                details.append(f"checked_at={r.checked_at.isoformat()}")
+                    details.append(f"last_used={clock.iso(r.last_used)}")
+                details.append(f"checked_at={clock.iso(r.checked_at.timestamp())}")
                 where = printable(f"{keys[r.credential_id]}/{r.environment}")
                 self.stdout.write(f"{where}: " + " ".join(details))
         if verbosity >= 3:

@@ -29,13 +29,16 @@ key, a named tenant without an active credential, no or invalid encryption key).
           "client_id": str,           # masked, e.g. "abcd…wxyz"
           "status": str,              # "refreshed" | "fresh" | "idle" | "failed"
           "last_used": str | null,    # ISO 8601; null: no use recorded
-          "expires_at": str | null,   # ISO 8601, the cached token's (the new one's if
+          "expires_at": str | null,   # ISO 8601: the cached token's (the new one's if
                                       # refreshed); null: none cached
           "error": str | null,        # scrubbed: never a secret or a token
           "error_type": str | null    # exception class, e.g. "InvalidClientError"
         }
       ]
     }
+
+Times are ISO 8601 in UTC to the second (``2026-05-04T12:00:00+00:00``), as in
+``getpaid_check --json``.
 
 On exit status 2 nothing is written to stdout; the reason goes to stderr.
 """
@@ -47,19 +50,13 @@ import json
 import time
 from typing import Any
 
-from django.core.management.base import (
-    BaseCommand,
-    CommandError,
-    CommandParser,
-    SystemCheckError,
-)
+from django.core.management.base import CommandError, CommandParser
 
-from django_getpaid_auth import clock, crypto, refresh
-from django_getpaid_auth.conf import getpaid_settings
-from django_getpaid_auth.exceptions import GetpaidAuthConfigurationError, printable
-from django_getpaid_auth.models import Environment
+from django_getpaid_auth import clock, refresh
+from django_getpaid_auth.exceptions import printable
 
-USAGE_ERROR = 2
+from ._base import USAGE_ERROR, GetpaidCommand
+
 REFRESH_FAILED = 1
 
 
@@ -70,7 +67,7 @@ def _seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class Command(BaseCommand):
+class Command(GetpaidCommand):
     help = (
         "Renew, through the normal single flight, the getpaid tokens of active credentials "
         "that were used recently and whose token expires soon or is missing; idle "
@@ -81,26 +78,7 @@ class Command(BaseCommand):
         "(see the module docstring for every field). Secrets and tokens are never printed."
     )
 
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        # Bad options are usage errors (2) through call_command() too, not Django's default 1.
-        if not parser.called_from_command_line:
-
-            def error(message: str) -> Any:
-                raise CommandError(f"Error: {message}", returncode=USAGE_ERROR)
-
-            parser.error = error  # type: ignore[method-assign]
-        return parser
-
-    def check(self, *args: Any, **kwargs: Any) -> None:
-        """System check errors (e.g. no encryption key) are configuration errors: exit 2."""
-        try:
-            super().check(*args, **kwargs)
-        except SystemCheckError as exc:
-            raise SystemCheckError(str(exc), returncode=USAGE_ERROR) from None
-
     def add_arguments(self, parser: CommandParser) -> None:
-        key_field = getpaid_settings.TENANT_KEY_FIELD
         parser.add_argument(
             "--due-within",
             type=_seconds,
@@ -123,19 +101,7 @@ class Command(BaseCommand):
                 "Use is recorded at most once a minute per process."
             ),
         )
-        parser.add_argument(
-            "--tenant",
-            action="append",
-            dest="tenants",
-            metavar="KEY",
-            default=[],
-            help=f"Only this tenant ({key_field}); repeat for several.",
-        )
-        parser.add_argument(
-            "--environment",
-            choices=Environment.values,
-            help="Only credentials of this environment.",
-        )
+        self.add_selection_arguments(parser)
         parser.add_argument(
             "--json",
             action="store_true",
@@ -144,14 +110,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            crypto.get_fernet()
-        except GetpaidAuthConfigurationError as exc:
-            raise CommandError(str(exc), returncode=USAGE_ERROR) from None
+        self.require_encryption_key()
         try:
             # call_command(...) bypasses argparse types and choices: run() validates again.
             report = refresh.run(
-                tenants=list(options.get("tenants") or []),
+                tenants=options.get("tenants") or [],
                 environment=options.get("environment"),
                 due_within=options.get("due_within", refresh.DEFAULT_DUE_WITHIN),
                 used_within=options.get("used_within", refresh.DEFAULT_USED_WITHIN),
