@@ -73,32 +73,32 @@ async def acurrent_token(
     tenant: TenantRef | None, environment: str | None, *, force_refresh: bool = False
 ) -> tuple[CredentialSnapshot, AccessToken]:
     """``service.current_token`` for coroutines: the same memo, cache entries and flights."""
-    if telemetry.ENABLED:
-        with telemetry.token_span() as span:
-            snapshot, token = await _acurrent_token(tenant, environment, force_refresh, span)
-            span.describe(snapshot.pk, snapshot.environment)
-            return snapshot, token
-    return await _acurrent_token(tenant, environment, force_refresh, None)
-
-
-async def _acurrent_token(
-    tenant: TenantRef | None, environment: str | None, force_refresh: bool, span: Any
-) -> tuple[CredentialSnapshot, AccessToken]:
     require_httpx()
     tenant = service.tenant_or_current(tenant)
     key = credentials.lookup_key(tenant, environment)
-    if force_refresh:
-        result = await _aread_through(tenant, environment, key, True)
-    else:
+    if not force_refresh:
         memo = service.memo_hit(key)
         if memo is not None:  # the warm path: never leaves the loop
-            if span is not None:
-                span.outcome = "memo"
             _note_used(memo[0])
+            if telemetry.ENABLED:
+                telemetry.memo_served(memo[0].pk, memo[0].environment)
             return memo
-        result = await _ajoin_reread(tenant, environment, key)
+    if telemetry.ENABLED:
+        with telemetry.token_span() as span:
+            result = await _aread_or_join(tenant, environment, key, force_refresh)
+            span.describe(result[0].pk, result[0].environment)
+    else:
+        result = await _aread_or_join(tenant, environment, key, force_refresh)
     _note_used(result[0])
     return result
+
+
+async def _aread_or_join(
+    tenant: TenantRef, environment: str | None, key: Any, force_refresh: bool
+) -> tuple[CredentialSnapshot, AccessToken]:
+    if force_refresh:
+        return await _aread_through(tenant, environment, key, True)
+    return await _ajoin_reread(tenant, environment, key)
 
 
 def _note_used(snapshot: CredentialSnapshot) -> None:

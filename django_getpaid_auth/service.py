@@ -92,27 +92,21 @@ def current_token(
     tenant: TenantRef | None, environment: str | None, *, force_refresh: bool = False
 ) -> tuple[CredentialSnapshot, AccessToken]:
     """The credential snapshot and a usable token for it, reloading what has changed."""
-    if telemetry.ENABLED:
-        with telemetry.token_span() as span:
-            snapshot, token = _current_token(tenant, environment, force_refresh, span)
-            span.describe(snapshot.pk, snapshot.environment)
-            return snapshot, token
-    return _current_token(tenant, environment, force_refresh, None)
-
-
-def _current_token(
-    tenant: TenantRef | None, environment: str | None, force_refresh: bool, span: Any
-) -> tuple[CredentialSnapshot, AccessToken]:
     tenant = tenant_or_current(tenant)
     key = credentials.lookup_key(tenant, environment)
     if not force_refresh:
         memo = memo_hit(key)
-        if memo is not None:
-            if span is not None:
-                span.outcome = "memo"
+        if memo is not None:  # the warm path
             usage.note_used(memo[0])  # a cache write at most once a minute
+            if telemetry.ENABLED:
+                telemetry.memo_served(memo[0].pk, memo[0].environment)
             return memo
-    snapshot, token = _read_through(tenant, environment, force_refresh)
+    if telemetry.ENABLED:
+        with telemetry.token_span() as span:
+            snapshot, token = _read_through(tenant, environment, force_refresh)
+            span.describe(snapshot.pk, snapshot.environment)
+    else:
+        snapshot, token = _read_through(tenant, environment, force_refresh)
     _remember(key, snapshot, token)
     usage.note_used(snapshot)
     return snapshot, token

@@ -36,9 +36,11 @@ class WhileActive(Sampler):
 
     active = False
 
-    def should_sample(self, parent_context, trace_id, name, *args, **kwargs):
+    def should_sample(
+        self, parent_context, trace_id, name, kind=None, attributes=None, links=None, **kwargs
+    ):
         decision = Decision.RECORD_AND_SAMPLE if self.active else Decision.DROP
-        return SamplingResult(decision, kwargs.get("attributes"))
+        return SamplingResult(decision, attributes)
 
     def get_description(self) -> str:
         return "WhileActive"
