@@ -5,8 +5,10 @@
 * token requests sent in the current clock hour (UTC), counted with the cache's atomic
   ``incr``, so 4 processes count right (on Redis, Memcached or locmem; the database cache's
   ``incr`` is not atomic);
-* when the credential was last used, written at most once a minute per process, and never
-  on the warm path otherwise, so idle credentials can be told apart (``getpaid_refresh``).
+* when the credential was last used, written at most once a minute for all processes
+  together (each process tries at most once a minute; a one-minute ``cache.add`` marker
+  lets one of them write), and never on the warm path otherwise, so idle credentials can
+  be told apart (``getpaid_refresh``).
 
 A bucket under ``quota.LOW_FRACTION`` of its quota logs one WARNING per credential and
 bucket window (a ``cache.add`` marker that lives until the bucket resets): when a quota
@@ -69,6 +71,10 @@ def count_key(snapshot: CredentialSnapshot, now: float) -> str:
 
 def used_key(snapshot: CredentialSnapshot) -> str:
     return cache_backend.key(f"used:{usage_id(snapshot)}")
+
+
+def used_marker_key(snapshot: CredentialSnapshot) -> str:
+    return cache_backend.key(f"used-marker:{usage_id(snapshot)}")
 
 
 def warned_key(snapshot: CredentialSnapshot, bucket: str) -> str:
@@ -143,8 +149,11 @@ def used_write_failed(snapshot: CredentialSnapshot) -> None:
 
 
 def write_used(snapshot: CredentialSnapshot) -> None:
-    """Record in the shared cache that the credential was used now."""
-    cache_backend.set(used_key(snapshot), time.time(), USED_TIMEOUT)
+    """Record in the shared cache that the credential was used now: at most once a minute
+    for all processes together (a one-minute marker taken with ``cache.add`` decides)."""
+    now = time.time()
+    if cache_backend.add(used_marker_key(snapshot), now, USED_WRITE_EVERY):
+        cache_backend.set(used_key(snapshot), now, USED_TIMEOUT)
 
 
 def note_used(snapshot: CredentialSnapshot) -> None:
