@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import django
 import environ
 
 env = environ.Env()
@@ -95,3 +96,7 @@ GETPAID_AUTH = {
 }
 
 SILENCED_SYSTEM_CHECKS = ["django_getpaid_auth.W001"] if not REDIS_URL else []
+
+if django.VERSION >= (6, 1):
+    # Django 6.1 replaces EMAIL_BACKEND with MAILERS (the tests send ADMINS error e-mails).
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
