@@ -458,7 +458,7 @@ IMMEDIATE = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBa
 
 
 @pytest.mark.skipif(django.VERSION < (6, 0), reason="django.tasks is new in Django 6.0")
-def test_task_refreshes_due_tokens_with_the_immediate_backend(fake):
+def test_task_refreshes_due_tokens_with_the_immediate_backend(fake, fake_clock):
     from django.tasks import TaskResultStatus
 
     from django_getpaid_auth.tasks import refresh_due_tokens
@@ -469,6 +469,7 @@ def test_task_refreshes_due_tokens_with_the_immediate_backend(fake):
     fake.token_lifetime = LONG
     tenant_with_credential(fake, "task-idle")
     fake.reset_counters()
+    fake_clock.advance(HALF_OF_SHORT)  # no token is renewed in the first half of its life
 
     with override_settings(TASKS=IMMEDIATE):
         result = refresh_due_tokens.enqueue()
