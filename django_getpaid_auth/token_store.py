@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -547,19 +547,50 @@ _flights: dict[str, Future[AccessToken]] = {}
 _flights_lock = threading.Lock()
 
 
-def _fetch(snapshot: CredentialSnapshot) -> AccessToken:
-    """One token request, with usage counts, signals and failure memory."""
-    from .token_client import request_token
+# Getting a token is written once, as generators that do no I/O themselves: they yield a
+# step (below) and are sent its result, or thrown its exception. ``_run`` does the steps in
+# the calling thread; ``_arun`` on an event loop.
 
+
+class _Call:
+    """Blocking work: cache I/O, signals. On an event loop it runs in a worker thread.
+
+    ``shielded``: it must finish even if the task doing it is cancelled.
+    """
+
+    def __init__(self, function: Callable[..., Any], *args: Any, shielded: bool = False) -> None:
+        self.function, self.args, self.shielded = function, args, shielded
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Request:
+    """The token request; ``answers`` collects the quota reports of its attempts."""
+
+    snapshot: CredentialSnapshot
+    answers: list[QuotaReport | None]
+
+
+_Step = _Call | _Sleep | _Request
+_Steps = Generator[_Step, Any, AccessToken]
+
+
+def _fetch_steps(snapshot: CredentialSnapshot) -> _Steps:
+    """One token request, with usage counts, signals and failure memory."""
     telemetry.set_outcome("fetched")
     started = time.monotonic()
     answers: list[QuotaReport | None] = []
     try:
-        token = request_token(snapshot, answers)
+        token: AccessToken = yield _Request(snapshot, answers)
     except TokenRequestError as error:
-        _failed(snapshot, error, started, answers)
+        yield _Call(_failed, snapshot, error, started, answers)
         raise
-    return _obtained(snapshot, token, started, answers)
+    yield _Call(_obtained, snapshot, token, started, answers)
+    return token
 
 
 def _failed(
@@ -707,7 +738,7 @@ def _refresh_in_background(snapshot: CredentialSnapshot, current: AccessToken, o
             _acceptable(snapshot, cache_backend.get(token_key(snapshot)), before_refresh=True)
             is None
         ):
-            _fetch(snapshot)
+            _run(_fetch_steps(snapshot))
     except TokenRequestError as error:
         logger.warning(
             "Refreshing the getpaid token failed; the current one (valid until %s) stays in "
@@ -769,18 +800,25 @@ def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken
     """No usable token: join this process's in-flight fetch, or lead one."""
     key = _flight_key(snapshot, force)
     flight, leader = _join_or_lead(key)
-    if not leader:
-        telemetry.set_outcome("waited")
-        try:
-            return flight.result(timeout=getpaid_settings.typed.wait_timeout)
-        except (TimeoutError, concurrent.futures.TimeoutError):  # distinct before 3.11
-            raise TokenWaitTimeoutError(
-                "Timed out waiting for another thread's token request.",
-                tenant=snapshot.tenant_label,
-                environment=snapshot.environment,
-            ) from None
+    if leader:
+        return _run(_leading(snapshot, force, flight, key))
+    telemetry.set_outcome("waited")
     try:
-        token = _obtain_across_processes(snapshot, force=force)
+        return flight.result(timeout=getpaid_settings.typed.wait_timeout)
+    except (TimeoutError, concurrent.futures.TimeoutError):  # distinct before 3.11
+        raise TokenWaitTimeoutError(
+            "Timed out waiting for another thread's token request.",
+            tenant=snapshot.tenant_label,
+            environment=snapshot.environment,
+        ) from None
+
+
+def _leading(
+    snapshot: CredentialSnapshot, force: bool, flight: Future[AccessToken], key: str
+) -> _Steps:
+    """The leader's ``_lease_steps``; its token or error is handed to the flight's waiters."""
+    try:
+        token = yield from _lease_steps(snapshot, force)
     except BaseException as exc:
         flight.set_exception(exc)
         raise
@@ -791,14 +829,23 @@ def _obtain(snapshot: CredentialSnapshot, *, force: bool = False) -> AccessToken
         _end_flight(key)
 
 
-def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> AccessToken:
-    failure = remembered_failure(snapshot)
+def _lease_steps(snapshot: CredentialSnapshot, force: bool) -> _Steps:
+    """A token shared across processes: a peer's, or one fetched under the lease.
+
+    A remembered failure is raised, before the lease and after each lease taken by
+    another; the lease holder re-reads the cache, then fetches. The others poll (the
+    interval grows x1.5 up to POLL_INTERVAL_MAX) until a token appears, or fail after
+    WAIT_TIMEOUT. ``force``: never settle for the token cached when the refresh began.
+    """
+    read_token = _Call(cache_backend.get, token_key(snapshot))
+    read_failure = _Call(remembered_failure, snapshot)
+    failure = yield read_failure
     if failure is not None:
         raise failure
     owner = uuid.uuid4().hex
     deadline = time.monotonic() + getpaid_settings.typed.wait_timeout
     interval = POLL_INTERVAL
-    entry = cache_backend.get(token_key(snapshot))
+    entry = yield read_token
     replaced = token_of(snapshot, entry) if force else None
     if force and replaced is None:
         entry = None  # nothing cached to replace: only a token fetched from now on will do
@@ -806,17 +853,18 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
         token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
         if token is not None:
             return token
-        if cache_backend.add(lease_key(snapshot), owner, timeout=_lease_timeout()):
+        if (yield _Call(cache_backend.add, lease_key(snapshot), owner, _lease_timeout())):
             try:
                 # A peer may have finished between our read and our lease: use theirs.
-                entry = cache_backend.get(token_key(snapshot))
+                entry = yield read_token
                 token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
                 if token is not None:
                     return token
-                return _fetch(snapshot)
+                return (yield from _fetch_steps(snapshot))
             finally:
-                _release(snapshot, owner)
-        failure = remembered_failure(snapshot)
+                # shielded: even a task cancelled at loop shutdown leaves no lease behind
+                yield _Call(_release, snapshot, owner, shielded=True)
+        failure = yield read_failure
         if failure is not None:
             raise failure
         if time.monotonic() >= deadline:
@@ -826,16 +874,41 @@ def _obtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> Ac
                 tenant=snapshot.tenant_label,
                 environment=snapshot.environment,
             )
-        time.sleep(interval)
+        yield _Sleep(interval)
         telemetry.set_outcome("waited")  # a token that appears now is a peer's
         interval = min(POLL_INTERVAL_MAX, interval * 1.5)
-        entry = cache_backend.get(token_key(snapshot))
+        entry = yield read_token
+
+
+def _run(steps: _Steps) -> AccessToken:
+    """Do ``steps`` in the calling thread; their token."""
+    try:
+        step = next(steps)
+        while True:
+            try:
+                if isinstance(step, _Call):
+                    result = step.function(*step.args)
+                elif isinstance(step, _Sleep):
+                    time.sleep(step.seconds)
+                    result = None
+                else:
+                    from .token_client import request_token
+
+                    result = request_token(step.snapshot, step.answers)
+            except BaseException as error:
+                step = steps.throw(error)
+            else:
+                step = steps.send(result)
+    except StopIteration as done:
+        token: AccessToken = done.value
+        return token
 
 
 # --- the same, for coroutines ------------------------------------------------------------
-# Cache I/O runs in worker threads (never on the event loop); the token request itself is
-# httpx's async one. Flights, the lease, failure memory and background refreshes are the
-# ones above: a sync and an async caller of one credential never fetch twice.
+# The steps above, done on an event loop: blocking work in worker threads (never on the
+# loop), the token request with httpx's async client. Flights, the lease, failure memory and
+# background refreshes are the ones above: a sync and an async caller of one credential never
+# fetch twice.
 
 _T = TypeVar("_T")
 # Leader tasks, kept referenced until done: nothing else holds a task whose caller left.
@@ -861,7 +934,7 @@ async def aobtain(snapshot: CredentialSnapshot, *, force: bool = False) -> Acces
     key = _flight_key(snapshot, force)
     flight, leader = _join_or_lead(key)
     if leader:
-        task = asyncio.ensure_future(_alead(snapshot, force, flight, key))
+        task = asyncio.ensure_future(_arun(_leading(snapshot, force, flight, key)))
         _leader_tasks.add(task)
         task.add_done_callback(_leader_done)
     # shield: cancelling a caller must not cancel the shared concurrent future.
@@ -892,73 +965,26 @@ def _leader_done(task: asyncio.Task[AccessToken]) -> None:
         task.exception()  # retrieved: the waiters got it through the flight
 
 
-async def _alead(
-    snapshot: CredentialSnapshot, force: bool, flight: Future[AccessToken], key: str
-) -> AccessToken:
+async def _arun(steps: _Steps) -> AccessToken:
+    """``_run`` on an event loop: ``offload`` for blocking work, ``asyncio.sleep``."""
     try:
-        token = await _aobtain_across_processes(snapshot, force=force)
-    except BaseException as exc:
-        flight.set_exception(exc)
-        raise
-    else:
-        flight.set_result(token)
-        return token
-    finally:
-        _end_flight(key)
-
-
-async def _aobtain_across_processes(snapshot: CredentialSnapshot, *, force: bool) -> AccessToken:
-    """``_obtain_across_processes`` with cache I/O offloaded and ``asyncio.sleep`` polling."""
-    failure = await offload(remembered_failure, snapshot)
-    if failure is not None:
-        raise failure
-    owner = uuid.uuid4().hex
-    deadline = time.monotonic() + getpaid_settings.typed.wait_timeout
-    interval = POLL_INTERVAL
-    entry = await offload(cache_backend.get, token_key(snapshot))
-    replaced = token_of(snapshot, entry) if force else None
-    if force and replaced is None:
-        entry = None  # nothing cached to replace: only a token fetched from now on will do
-    while True:
-        token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
-        if token is not None:
-            return token
-        if await offload(cache_backend.add, lease_key(snapshot), owner, _lease_timeout()):
+        step = next(steps)
+        while True:
             try:
-                entry = await offload(cache_backend.get, token_key(snapshot))
-                token = _acceptable(snapshot, entry, before_refresh=False, replaced=replaced)
-                if token is not None:
-                    return token
-                return await _afetch(snapshot)
-            finally:
-                # shielded: even a task cancelled at loop shutdown leaves no lease behind
-                await asyncio.shield(offload(_release, snapshot, owner))
-        failure = await offload(remembered_failure, snapshot)
-        if failure is not None:
-            raise failure
-        if time.monotonic() >= deadline:
-            raise TokenWaitTimeoutError(
-                "Timed out waiting for another process's token request "
-                f"(lease held longer than WAIT_TIMEOUT={getpaid_settings.typed.wait_timeout:g}s).",
-                tenant=snapshot.tenant_label,
-                environment=snapshot.environment,
-            )
-        await asyncio.sleep(interval)
-        telemetry.set_outcome("waited")  # a token that appears now is a peer's
-        interval = min(POLL_INTERVAL_MAX, interval * 1.5)
-        entry = await offload(cache_backend.get, token_key(snapshot))
+                if isinstance(step, _Call):
+                    work = offload(step.function, *step.args)
+                    result = await (asyncio.shield(work) if step.shielded else work)
+                elif isinstance(step, _Sleep):
+                    await asyncio.sleep(step.seconds)
+                    result = None
+                else:
+                    from .atoken_client import arequest_token
 
-
-async def _afetch(snapshot: CredentialSnapshot) -> AccessToken:
-    """``_fetch`` with httpx's async request; storing and signals run in a thread."""
-    from .atoken_client import arequest_token
-
-    telemetry.set_outcome("fetched")
-    started = time.monotonic()
-    answers: list[QuotaReport | None] = []
-    try:
-        token = await arequest_token(snapshot, answers)
-    except TokenRequestError as error:
-        await offload(_failed, snapshot, error, started, answers)
-        raise
-    return await offload(_obtained, snapshot, token, started, answers)
+                    result = await arequest_token(step.snapshot, step.answers)
+            except BaseException as error:
+                step = steps.throw(error)
+            else:
+                step = steps.send(result)
+    except StopIteration as done:
+        token: AccessToken = done.value
+        return token
