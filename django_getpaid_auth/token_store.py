@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.dispatch import Signal
 from django.views.decorators.debug import sensitive_variables
 
 from . import cache_backend, clock, crypto, telemetry, usage
@@ -606,15 +607,22 @@ def _failed(
     logger.warning("getpaid token request failed: %s", error)
     if telemetry.ENABLED:
         telemetry.failed(snapshot.environment, error)
-    token_request_failed.send(
+    _announce(token_request_failed, snapshot, started, seen, error=error)
+
+
+def _announce(
+    signal: Signal, snapshot: CredentialSnapshot, started: float, seen: Usage, **details: Any
+) -> None:
+    """Send ``token_obtained`` or ``token_request_failed`` with the arguments both carry."""
+    signal.send(
         sender=CredentialSnapshot,
         tenant=snapshot.tenant_label,
         environment=snapshot.environment,
-        error=error,
         duration=time.monotonic() - started,
         credential_id=snapshot.pk,
         quota=seen.quota,
         token_requests_this_hour=seen.requests_this_hour,
+        **details,
     )
 
 
@@ -642,16 +650,7 @@ def _obtained(
         token.expires_at.isoformat(),
         token.fingerprint,
     )
-    token_obtained.send(
-        sender=CredentialSnapshot,
-        tenant=snapshot.tenant_label,
-        environment=snapshot.environment,
-        expires_at=token.expires_at,
-        duration=time.monotonic() - started,
-        credential_id=snapshot.pk,
-        quota=seen.quota,
-        token_requests_this_hour=seen.requests_this_hour,
-    )
+    _announce(token_obtained, snapshot, started, seen, expires_at=token.expires_at)
     return token
 
 

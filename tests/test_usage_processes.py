@@ -49,6 +49,25 @@ WORKER = textwrap.dedent(
 )
 
 
+def start_workers(cluster: Cluster, refreshes: int) -> list[subprocess.Popen]:
+    """4 worker processes, each ready to force ``refreshes`` token requests, started together."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(refreshes)],
+            env=cluster.env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for worker in workers:
+        assert worker.stdout.readline().strip() == "READY"
+    Cluster.go(workers)
+    return workers
+
+
 @needs_redis
 def test_4_processes_count_every_token_request_once(tmp_path):
     with FakeGetpaid(token_quota={"per_hour": 1000, "per_day": 5000}) as fake:
@@ -62,20 +81,7 @@ def test_4_processes_count_every_token_request_once(tmp_path):
             """
         )
         fake.reset_counters()
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, "25"],
-                env=cluster.env,
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        for worker in workers:
-            assert worker.stdout.readline().strip() == "READY"
-        Cluster.go(workers)
+        workers = start_workers(cluster, 25)
         outputs = []
         for worker in workers:
             out, _ = worker.communicate(timeout=120)
@@ -109,20 +115,7 @@ def test_one_low_quota_warning_for_all_processes(tmp_path):
     # (under 20 %), then 429s; the warning comes once, from whichever process saw it first.
     with FakeGetpaid(token_quota={"per_hour": 10}) as fake:
         cluster = Cluster(tmp_path, fake)
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, "8"],
-                env=cluster.env,
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
-        for worker in workers:
-            assert worker.stdout.readline().strip() == "READY"
-        Cluster.go(workers)
+        workers = start_workers(cluster, 8)
         warned = 0
         for worker in workers:
             out, _ = worker.communicate(timeout=120)
