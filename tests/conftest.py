@@ -74,6 +74,23 @@ def fake_clock(monkeypatch):
 
 
 @pytest.fixture
+def rsps():
+    """``responses`` for this test: requests to unregistered URLs fail, unused routes do not."""
+    import responses
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def endpoint(rsps):
+    """A scripted token endpoint (``django_getpaid_auth.testing.TokenEndpoint``) on ``rsps``."""
+    from django_getpaid_auth.testing import TokenEndpoint
+
+    return TokenEndpoint(rsps)
+
+
+@pytest.fixture
 def canary() -> str:
     """A unique secret that must never show up anywhere."""
     return f"CANARY-{uuid.uuid4().hex}"

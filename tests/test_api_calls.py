@@ -39,7 +39,6 @@ from django_getpaid_auth.exceptions import (
     GetpaidAPIError,
     GetpaidAuthError,
 )
-from django_getpaid_auth.testing import TokenEndpoint
 from tests.factories import make_credential, make_tenant
 
 pytestmark = pytest.mark.django_db
@@ -47,17 +46,6 @@ pytestmark = pytest.mark.django_db
 API = "https://api.sandbox.getpaid.test"
 KEY = "Getpaid-Idempotency-Key"
 PAYMENT = {"amount": 1000, "currency": "EUR"}
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def endpoint(rsps):
-    return TokenEndpoint(rsps)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-import responses
 from django.db import transaction
 
 from django_getpaid_auth import cache_backend, credentials, get_token, service, token_store
@@ -25,17 +24,6 @@ from django_getpaid_auth.testing import TokenEndpoint
 from tests.factories import make_credential, make_tenant
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def endpoint(rsps):
-    return TokenEndpoint(rsps)
 
 
 @pytest.fixture

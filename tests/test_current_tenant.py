@@ -25,10 +25,9 @@ def request_tenant():
 
 
 @pytest.fixture
-def endpoint():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        rsps.add(responses.GET, f"{API}/v2/payments/pay_1", json={"id": "pay_1"})
-        yield TokenEndpoint(rsps)
+def endpoint(rsps):
+    rsps.add(responses.GET, f"{API}/v2/payments/pay_1", json={"id": "pay_1"})
+    return TokenEndpoint(rsps)
 
 
 @pytest.fixture

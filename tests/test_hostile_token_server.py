@@ -41,17 +41,6 @@ pytestmark = pytest.mark.django_db
 CONTROL = ("\x1b", "\x9b", "\x07", "\x00", "\u202e", "\u2066", "\x7f")
 
 
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def endpoint(rsps):
-    return TokenEndpoint(rsps)
-
-
 def answer(**fields) -> tuple[int, dict[str, str], str]:
     payload = {"access_token": make_jwt({"exp": int(time.time()) + 3600}), "token_type": "Bearer"}
     payload["expires_in"] = 3600

@@ -19,7 +19,7 @@ from django.views.debug import ExceptionReporter
 
 from django_getpaid_auth import credentials, get_session, get_token, service
 from django_getpaid_auth.exceptions import ForeignHostError, GetpaidAuthConfigurationError
-from django_getpaid_auth.testing import FakeGetpaid, TokenEndpoint
+from django_getpaid_auth.testing import FakeGetpaid
 from tests.factories import make_credential, make_tenant
 
 pytestmark = pytest.mark.django_db
@@ -150,17 +150,6 @@ def test_api_url_with_a_port_keeps_working_over_real_http(tenant, fake_getpaid_s
 
 
 # --- mocked HTTP (responses): redirects, the refetch pause, the port rule ------------------
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def endpoint(rsps):
-    return TokenEndpoint(rsps)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import responses
 
 import django_getpaid_auth.testing as kit
 from django_getpaid_auth.testing import (
@@ -38,12 +37,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def post(body: dict | None = None, **kwargs) -> requests.Response:
     return requests.post(URL, json=body if body is not None else {}, timeout=5, **kwargs)
-
-
-@pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 # --------------------------------------------------------------------------- TokenEndpoint

@@ -11,10 +11,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-import responses
 
 from django_getpaid_auth import cache_backend, credentials, get_token, service
-from django_getpaid_auth.testing import TokenEndpoint
 from tests.factories import make_credential, make_tenant
 
 pytestmark = pytest.mark.django_db
@@ -39,12 +37,6 @@ def schema_keyed_cache(settings):
     _schema.name = "public"
     yield
     _schema.name = "public"
-
-
-@pytest.fixture
-def endpoint():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield TokenEndpoint(rsps)
 
 
 def in_schema(name: str, function, *args):

@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-import responses
 
 from django_getpaid_auth import get_token
 from django_getpaid_auth.exceptions import (
@@ -17,18 +16,12 @@ from django_getpaid_auth.exceptions import (
     RateLimitedError,
     TokenRequestError,
 )
-from django_getpaid_auth.testing import FakeGetpaid, TokenEndpoint, auth0_error
+from django_getpaid_auth.testing import FakeGetpaid, auth0_error
 from django_getpaid_auth.token_client import MAX_WAIT, rate_limit_wait
 from tests.factories import make_credential, make_tenant
 from tests.test_hostile_token_server import HostileServer, token_body
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def endpoint():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield TokenEndpoint(rsps)
 
 
 @pytest.fixture

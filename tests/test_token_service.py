@@ -39,17 +39,6 @@ API = "https://api.sandbox.getpaid.test"
 
 
 @pytest.fixture
-def rsps():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
-def endpoint(rsps):
-    return TokenEndpoint(rsps)
-
-
-@pytest.fixture
 def api(rsps):
     rsps.add(responses.GET, f"{API}/v2/payments/pay_1", json={"id": "pay_1"})
     return rsps

@@ -10,21 +10,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-import responses
 
 from django_getpaid_auth import cache_backend, clock, credentials, get_token, token_store
 from django_getpaid_auth.exceptions import InvalidClientError, TokenWaitTimeoutError
-from django_getpaid_auth.testing import TokenEndpoint, make_jwt
+from django_getpaid_auth.testing import make_jwt
 from django_getpaid_auth.tokens import AccessToken, from_timestamp
 from tests.factories import make_credential, make_tenant
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def endpoint():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield TokenEndpoint(rsps)
 
 
 @pytest.fixture
