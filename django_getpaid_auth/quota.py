@@ -18,11 +18,12 @@ carry a report through the shared cache, validating again on the way back.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from . import clock
 
 logger = logging.getLogger("django_getpaid_auth.quota")
 
@@ -112,7 +113,7 @@ class QuotaReport:
     def from_dict(cls, data: Any) -> QuotaReport | None:
         """A report read back from the cache, or None when it is not one we wrote."""
         try:
-            seen_at = _epoch(data["seen_at"])
+            seen_at = clock.plausible_epoch(data["seen_at"])
             status = data["status"]
             raw_buckets = data["buckets"]
             raw_limit = data["rate_limit"]
@@ -127,7 +128,10 @@ class QuotaReport:
             buckets = []
             for item in raw_buckets:
                 bucket = _checked_bucket(
-                    item["bucket"], item["limit"], item["remaining"], _epoch(item["resets_at"])
+                    item["bucket"],
+                    item["limit"],
+                    item["remaining"],
+                    clock.plausible_epoch(item["resets_at"]),
                 )
                 if bucket is None:
                     return None
@@ -138,7 +142,7 @@ class QuotaReport:
                 rate_limit = _checked_rate_limit(
                     raw_limit["limit"],
                     raw_limit["remaining"],
-                    None if resets is None else _epoch(resets),
+                    None if resets is None else clock.plausible_epoch(resets),
                 )
                 if rate_limit is None or (resets is not None and rate_limit.resets_at is None):
                     return None
@@ -253,13 +257,6 @@ def _checked_rate_limit(limit: Any, remaining: Any, resets_at: Any) -> RateLimit
 
 def _count(value: Any) -> bool:
     return type(value) is int and 0 <= value <= MAX_NUMBER
-
-
-def _epoch(value: Any) -> float | None:
-    """Epoch seconds between 2001 and 2500, as a float; None for anything else."""
-    if type(value) not in (int, float) or not math.isfinite(value):
-        return None
-    return float(value) if 1e9 <= value <= 1.7e10 else None
 
 
 def _no_buckets(why: str) -> tuple[QuotaBucket, ...]:

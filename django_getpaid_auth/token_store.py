@@ -53,9 +53,6 @@ POLL_INTERVAL_MAX = 0.2
 REFRESH_FAILURE_PAUSE = 5.0  # after a failed background refresh, others wait this long
 MAX_FAILURE_MEMORY = 24 * 3600.0  # no remembered failure (or Retry-After) lasts longer
 DEFAULT_RATE_LIMIT_WAIT = 60.0  # a 429 that says nothing of when to come back
-# Epoch seconds a cache entry may hold: later than 2001, earlier than 2500. Anything
-# else under our keys is garbage (or an attack) and reads as "nothing cached".
-_MIN_EPOCH, _MAX_EPOCH = 1e9, 1.7e10
 MAX_CIPHERTEXT = 64 * 1024
 
 # --- keys ----------------------------------------------------------------------------
@@ -94,22 +91,6 @@ MAX_DECRYPTED = 20_000
 def _digest(key: str, ciphertext: str) -> bytes:
     data = f"{key}\x00{ciphertext}".encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def _number_within(value: Any, low: float, high: float) -> float | None:
-    """``value`` as a float if it is a number in [low, high], else None (never raises:
-    NaN fails the comparison, and a huge int is refused before float() could overflow)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, int) and not low <= value <= high:
-        return None
-    number = float(value)
-    return number if low <= number <= high else None
-
-
-def _epoch(value: Any) -> float | None:
-    """``value`` as epoch seconds if it is a plausible one, else None."""
-    return _number_within(value, _MIN_EPOCH, _MAX_EPOCH)
 
 
 @on_settings_reset
@@ -197,7 +178,10 @@ def _token_from_payload(payload: dict[str, Any]) -> AccessToken | None:
         payload.get("token_type"),
         payload.get("scopes"),
     )
-    expires, obtained = _epoch(payload.get("expires_at")), _epoch(payload.get("obtained_at"))
+    expires, obtained = (
+        clock.plausible_epoch(payload.get("expires_at")),
+        clock.plausible_epoch(payload.get("obtained_at")),
+    )
     if (
         not isinstance(value, str)
         or not value
@@ -225,7 +209,10 @@ def is_entry(value: Any) -> bool:
         isinstance(ciphertext, str)
         and 0 < len(ciphertext) <= MAX_CIPHERTEXT
         and ciphertext.isascii()
-        and all(_epoch(value.get(name)) is not None for name in ("exp", "refresh", "until"))
+        and all(
+            clock.plausible_epoch(value.get(name)) is not None
+            for name in ("exp", "refresh", "until")
+        )
     )
 
 
@@ -429,8 +416,8 @@ def _unauthorized_state(value: Any, now: float, pause: float) -> tuple[float, st
     if not isinstance(value, dict):
         return None
     # 0 is allowed for paused_until: "not paused".
-    rejected_at = _number_within(value.get("rejected_at"), 0.0, _MAX_PAUSE_TIME)
-    paused_until = _number_within(value.get("paused_until"), 0.0, _MAX_PAUSE_TIME)
+    rejected_at = clock.number_within(value.get("rejected_at"), 0.0, _MAX_PAUSE_TIME)
+    paused_until = clock.number_within(value.get("paused_until"), 0.0, _MAX_PAUSE_TIME)
     fingerprint = value.get("fingerprint")
     if not isinstance(fingerprint, str) or rejected_at is None or paused_until is None:
         return None
@@ -486,7 +473,7 @@ def failure_from_cache(data: Any) -> tuple[float, TokenRequestError] | None:
     """
     if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
         return None
-    until = _epoch(data.get("until"))
+    until = clock.plausible_epoch(data.get("until"))
     now = clock.now()
     if until is None or until <= now:
         return None

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import cache_backend
+from . import cache_backend, clock
 from .conf import getpaid_settings, on_settings_reset
 from .credentials import CredentialSnapshot
 from .quota import QuotaReport
@@ -180,7 +180,7 @@ def from_values(keys: Mapping[str, str], values: Mapping[str, Any]) -> Usage:
     return Usage(
         quota=quota,
         requests_this_hour=_count(values.get(keys["count"])),
-        last_used=_epoch(values.get(keys["used"])),
+        last_used=clock.plausible_epoch(values.get(keys["used"])),
     )
 
 
@@ -191,9 +191,3 @@ def read(snapshot: CredentialSnapshot) -> Usage:
 
 def _count(value: Any) -> int | None:
     return value if type(value) is int and 0 <= value <= MAX_COUNT else None
-
-
-def _epoch(value: Any) -> float | None:
-    if type(value) not in (int, float):
-        return None
-    return float(value) if 1e9 <= value <= 1.7e10 else None

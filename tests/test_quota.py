@@ -147,6 +147,20 @@ def test_429_wait_uses_the_exhausted_bucket():
             "rate_limit": {"limit": 1, "remaining": 0, "resets_at": "later"},
         },
         {"seen_at": float("inf"), "status": 200, "buckets": [], "rate_limit": None},
+        {"seen_at": 10**400, "status": 200, "buckets": [], "rate_limit": None},  # no overflow
+        {"seen_at": float("nan"), "status": 200, "buckets": [], "rate_limit": None},
+        {
+            "seen_at": NOW,
+            "status": 200,
+            "buckets": [{"bucket": "h", "limit": 1, "remaining": 0, "resets_at": 10**400}],
+            "rate_limit": None,
+        },
+        {
+            "seen_at": NOW,
+            "status": 200,
+            "buckets": [],
+            "rate_limit": {"limit": 1, "remaining": 0, "resets_at": 10**400},
+        },
     ],
 )
 def test_cache_values_that_we_did_not_write_read_as_nothing(data):

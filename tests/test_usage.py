@@ -209,8 +209,11 @@ def test_garbage_in_the_cache_reads_as_nothing_known(tenant, fake_getpaid_settin
         {"seen_at": now, "status": 200, "buckets": [{}]},
         [1, 2],
         10**30,
+        10**400,
+        {"seen_at": 10**400, "status": 200, "buckets": [], "rate_limit": None},
         float("nan"),
         -5,
+        True,
     ]:
         for key in usage.keys_of(snapshot, now).values():
             cache.set(key, value)
