@@ -102,15 +102,20 @@ def _mark_down(exc: Exception) -> None:
         )
 
 
-def _call(method: str, *args: Any, **kwargs: Any) -> Any:
+def _run(work: Callable[[BaseCache], Any]) -> Any:
+    """``work(shared cache)``; on any backend error, degrade and do it on the fallback."""
     if not is_degraded():
         if _pending:
             flush_pending()
         try:
-            return getattr(shared(), method)(*args, **kwargs)
+            return work(shared())
         except Exception as exc:  # any backend error: degrade, never fail the caller
             _mark_down(exc)
-    return getattr(_fallback, method)(*args, **kwargs)
+    return work(_fallback)
+
+
+def _call(method: str, *args: Any, **kwargs: Any) -> Any:
+    return _run(lambda cache: getattr(cache, method)(*args, **kwargs))
 
 
 def get(name: str, default: Any = None) -> Any:
@@ -144,14 +149,8 @@ def incr(name: str, delta: int, timeout: float) -> int | None:
     As atomic as the backend's ``incr`` (Redis, Memcached and locmem are; the database
     cache is not). A value that is not a whole number is replaced.
     """
-    if not is_degraded():
-        if _pending:
-            flush_pending()
-        try:
-            return _bump(shared(), name, delta, timeout)
-        except Exception as exc:  # any backend error: degrade, never fail the caller
-            _mark_down(exc)
-    return _bump(_fallback, name, delta, timeout)
+    result: int | None = _run(lambda cache: _bump(cache, name, delta, timeout))
+    return result
 
 
 def _bump(cache: BaseCache, name: str, delta: int, timeout: float) -> int | None:
