@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +227,7 @@ def parse_rate_limit(headers: Any, now: float) -> RateLimit | None:
 
 
 def _header(headers: Any, name: str) -> str | None:
-    value = headers.get(name) if isinstance(headers, Mapping) or hasattr(headers, "get") else None
+    value = headers.get(name) if hasattr(headers, "get") else None
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value.strip() if isinstance(value, str) else None
