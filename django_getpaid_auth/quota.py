@@ -216,14 +216,17 @@ def parse_rate_limit(headers: Any, now: float) -> RateLimit | None:
     if reset is not None:
         if not _DIGITS.fullmatch(reset):
             return _no_rate_limit("reset must be a whole number")
-        seconds = int(reset)
-        # epoch seconds (Auth0) or, from some servers, seconds from now
-        resets_at = float(seconds) if seconds > 10**9 else now + seconds
-        resets_at = min(resets_at, now + MAX_RESET_SECONDS)  # believed at most that far
+        resets_at = now + min(reset_in(int(reset), now), MAX_RESET_SECONDS)  # at most that far
     checked = _checked_rate_limit(int(limit), int(remaining), resets_at)
     if checked is None:
         return _no_rate_limit("remaining above limit")
     return checked
+
+
+def reset_in(value: int, now: float) -> float:
+    """Seconds from ``now`` until an ``x-ratelimit-reset`` value: epoch seconds (Auth0)
+    or, from some servers, seconds from now (any value up to 10**9)."""
+    return value - now if value > 10**9 else float(value)
 
 
 def _header(headers: Any, name: str) -> str | None:

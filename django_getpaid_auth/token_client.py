@@ -900,9 +900,7 @@ def rate_limit_wait(headers: Any) -> tuple[float | None, str]:
         waits.append(retry_after)
     reset = _header(headers, "x-ratelimit-reset")
     if _DIGITS.fullmatch(reset):
-        value = float(reset)
-        # epoch seconds (Auth0) or, from some servers, seconds from now
-        waits.append(api_rules.clamp_wait(value - time.time() if value > 10**9 else value))
+        waits.append(api_rules.clamp_wait(quota.reset_in(int(reset), time.time())))
     if quota_text and not waits:
         now = time.time()
         buckets = quota.parse_quota_header(quota_text, now)
